@@ -1,0 +1,74 @@
+"""Helpers shared by the benchmark scripts: scratch PostgreSQL databases, timing, the report."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "docs" / "benchmarks.md"
+DEFAULT_SERVER_URL = "postgres://root@127.0.0.1:5432/postgres"
+
+
+def server_url() -> str:
+    """The PostgreSQL server to benchmark on: BENCH_SERVER_URL or the local default."""
+    return os.environ.get("BENCH_SERVER_URL", DEFAULT_SERVER_URL)
+
+
+def database_url(name: str) -> str:
+    """The URL of database ``name`` on the benchmark server."""
+    return re.sub(r"/[^/]*$", f"/{name}", server_url())
+
+
+@contextmanager
+def scratch_database(name: str):
+    """Create an empty database ``name`` (dropping any leftover) and drop it afterwards."""
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url(name)
+    finally:
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run(args: list[str], *, env_extra: dict[str, str]) -> tuple[float, int, str]:
+    """Run a command in a child process; return (seconds, peak RSS in KiB, stdout)."""
+    env = {**os.environ, **env_extra}
+    started = time.perf_counter()
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "__PEAK_RSS_KB__=%M", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"benchmark step failed: {' '.join(args)}")
+    peak = int(re.search(r"__PEAK_RSS_KB__=(\d+)", proc.stderr).group(1))
+    return seconds, peak, proc.stdout
+
+
+def manage(*args: str) -> list[str]:
+    """argv for ``manage.py`` under the running interpreter."""
+    return [sys.executable, str(ROOT / "manage.py"), *args]
+
+
+def write_section(key: str, markdown: str) -> None:
+    """Replace (or append) the section between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    REPORT.write_text(text)

@@ -1,0 +1,75 @@
+"""Test set-up shared by the whole suite.
+
+The suite runs once per database: DATABASE_URL picks it (SQLite by default). Tests marked
+``postgres`` need a real PostgreSQL server and are skipped, with the reason shown, on a SQLite
+run. On a PostgreSQL run whose server cannot be reached every test is skipped with the reason,
+except under CI=true, where an unreachable server fails the run.
+"""
+
+import os
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from tasks.models import Category
+
+IS_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def postgres_unreachable_reason() -> str | None:
+    """Why the configured PostgreSQL server cannot be used, or None if it can."""
+    db = settings.DATABASES["default"]
+    try:
+        psycopg.connect(
+            host=db.get("HOST") or None,
+            port=db.get("PORT") or None,
+            user=db.get("USER") or None,
+            password=db.get("PASSWORD") or None,
+            dbname=db.get("NAME") or "postgres",
+            connect_timeout=3,
+        ).close()
+    except psycopg.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        return f"PostgreSQL at {db.get('HOST')}:{db.get('PORT')} is unreachable: {first_line}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_POSTGRES:
+        reason = postgres_unreachable_reason()
+        if reason is None:
+            return
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.exit(f"{reason} (CI=true: PostgreSQL is required)", returncode=1)
+        skip = pytest.mark.skip(reason=f"{reason}; start it or unset DATABASE_URL")
+        for item in items:
+            item.add_marker(skip)
+        return
+    skip_pg = pytest.mark.skip(
+        reason="needs PostgreSQL: runs in the PostgreSQL pass (DATABASE_URL=postgres://…)"
+    )
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip_pg)
+
+
+@pytest.fixture
+def reference_data(db) -> None:
+    """The categories and roles fixtures, as `manage.py loaddata categories roles` loads them."""
+    from django.core.management import call_command
+
+    call_command("loaddata", "categories", "roles", verbosity=0)
+
+
+@pytest.fixture
+def demo_data(reference_data) -> None:
+    """The demo users and tasks on top of the reference data."""
+    from django.core.management import call_command
+
+    call_command("loaddata", "demo", verbosity=0)
+
+
+@pytest.fixture
+def category(db) -> Category:
+    return Category.objects.create(name="Engineering", slug="engineering")

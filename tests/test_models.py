@@ -1,0 +1,111 @@
+import datetime
+import importlib
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+from django.db.migrations.operations import CreateModel
+
+from tasks.models import Category, Task
+from tasks.services import task_create, task_update
+
+pytestmark = pytest.mark.django_db
+
+
+def test_category_is_found_by_its_slug_natural_key(category):
+    # when
+    found = Category.objects.get_by_natural_key("engineering")
+
+    # then
+    assert found == category
+    assert category.natural_key() == ("engineering",)
+
+
+def test_missing_category_natural_key_says_which_fixture_to_load():
+    with pytest.raises(Category.DoesNotExist, match="loaddata categories"):
+        Category.objects.get_by_natural_key("nope")
+
+
+def test_category_slug_is_unique(category):
+    with pytest.raises(IntegrityError):
+        Category.objects.create(name="Other", slug="engineering")
+
+
+def test_task_has_no_priority_column_before_its_migrations():
+    # 0001_initial must not contain priority: it arrives with its own rollout migrations.
+    initial = importlib.import_module("tasks.migrations.0001_initial").Migration
+    create_task = next(
+        op for op in initial.operations if isinstance(op, CreateModel) and op.name == "Task"
+    )
+
+    assert "priority" not in dict(create_task.fields)
+    assert "title" in dict(create_task.fields)
+
+
+def test_new_task_defaults_to_todo_and_records_its_timestamps(category):
+    # when
+    task = task_create(title="Write the runbook", category=category)
+
+    # then
+    task.refresh_from_db()
+    assert task.status == Task.Status.TODO
+    assert task.created_at is not None
+    assert task.updated_at >= task.created_at
+    assert task.description == ""
+    assert task.due_date is None and task.assignee is None
+
+
+def test_task_title_is_required_and_at_most_200_characters():
+    with pytest.raises(ValidationError) as missing:
+        task_create(title="")
+    with pytest.raises(ValidationError) as too_long:
+        task_create(title="x" * 201)
+
+    assert "title" in missing.value.message_dict
+    assert "title" in too_long.value.message_dict
+    assert Task.objects.count() == 0
+
+
+def test_task_status_must_be_one_of_the_four_choices():
+    with pytest.raises(ValidationError) as error:
+        task_create(title="Ship it", status="archived")
+
+    assert "status" in error.value.message_dict
+    assert [value for value, _ in Task.Status.choices] == ["todo", "in_progress", "blocked", "done"]
+
+
+def test_task_update_saves_changes_and_bumps_updated_at():
+    # given
+    task = task_create(title="Draft", due_date=datetime.date(2026, 1, 1))
+    before = task.updated_at
+
+    # when
+    task_update(task=task, status=Task.Status.DONE, title="Final")
+
+    # then
+    task.refresh_from_db()
+    assert (task.title, task.status) == ("Final", "done")
+    assert task.updated_at > before
+
+
+def test_task_update_rejects_unknown_fields():
+    task = task_create(title="Draft")
+
+    with pytest.raises(TypeError, match="created_at"):
+        task_update(task=task, created_at=None)
+
+
+def test_tasks_are_listed_newest_first():
+    first = task_create(title="first")
+    second = task_create(title="second")
+
+    assert list(Task.objects.all()) == [second, first]
+
+
+def test_deleting_a_category_keeps_its_tasks(category):
+    task = task_create(title="Keep me", category=category)
+
+    category.delete()
+
+    task.refresh_from_db()
+    assert task.category is None

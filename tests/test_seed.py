@@ -1,0 +1,213 @@
+import os
+import sqlite3
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tasks.models import Category, Task
+from tasks.seeding import PROTOTYPE_POOL_SIZE
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed(**options) -> str:
+    out = StringIO()
+    call_command("seed", no_progress=True, stdout=out, **options)
+    return out.getvalue()
+
+
+def snapshot() -> list[tuple]:
+    """The seeded data in a comparable form (ids and timestamps differ between runs)."""
+    return list(
+        Task.objects.order_by("pk").values_list(
+            "title", "description", "status", "due_date", "category__slug", "assignee__username"
+        )
+    )
+
+
+def test_seed_creates_tasks_and_users_and_loads_missing_reference_data():
+    # when
+    output = seed(tasks=250, users=7, seed=3)
+
+    # then
+    assert Task.objects.count() == 250
+    assert get_user_model().objects.count() == 7
+    assert Category.objects.count() == 7
+    assert Group.objects.count() == 3
+    assert "Loaded the reference fixtures" in output
+    assert "Seeded 250 tasks and 7 users" in output and "rows/s" in output
+
+
+def test_seed_keeps_existing_reference_data(reference_data):
+    Category.objects.filter(slug="finance").update(name="Money")
+
+    output = seed(tasks=10, users=1, seed=1)
+
+    assert "Loaded the reference fixtures" not in output
+    assert Category.objects.get(slug="finance").name == "Money"
+
+
+def test_seeded_tasks_are_realistic():
+    seed(tasks=2000, users=10, seed=5)
+
+    statuses = set(Task.objects.values_list("status", flat=True))
+    due_dates = Task.objects.exclude(due_date=None).values_list("due_date", flat=True)
+    today = max(Task.objects.values_list("created_at", flat=True)).date()
+    assert statuses == {"todo", "in_progress", "blocked", "done"}
+    assert Task.objects.filter(due_date=None).count() > 100  # some tasks have no due date
+    assert min(due_dates) < today < max(due_dates)  # overdue ones and ones ahead
+    assert (max(due_dates) - today).days > 60  # months ahead
+    assert Task.objects.values("title").distinct().count() > 1500
+    assert Task.objects.exclude(assignee=None).exclude(category=None).count() > 1500
+
+
+def test_the_same_seed_gives_the_same_data():
+    # given
+    seed(tasks=300, users=5, seed=42)
+    first = snapshot()
+    Task.objects.all().delete()
+    get_user_model().objects.all().delete()
+
+    # when
+    seed(tasks=300, users=5, seed=42)
+
+    # then
+    assert snapshot() == first
+
+
+def test_a_different_seed_gives_different_data():
+    seed(tasks=100, users=5, seed=1)
+    first = snapshot()
+    Task.objects.all().delete()
+
+    seed(tasks=100, users=5, seed=2)
+
+    assert snapshot() != first
+
+
+def test_more_tasks_than_the_prototype_pool_still_come_from_the_factory(monkeypatch):
+    # given: a small pool so that rows must reuse prototypes
+    monkeypatch.setattr("tasks.seeding.PROTOTYPE_POOL_SIZE", 50)
+
+    # when
+    seed(tasks=500, users=3, seed=9)
+
+    # then: every row is one of the 50 factory-built prototypes, with per-row assignments
+    assert Task.objects.count() == 500
+    assert Task.objects.values("title", "description").distinct().count() <= 50
+    assert Task.objects.values("category", "assignee").distinct().count() > 20
+    assert PROTOTYPE_POOL_SIZE >= 10_000
+
+
+def test_each_batch_is_written_in_its_own_transaction(reference_data):
+    # (inside the test's transaction each batch's atomic block is a savepoint)
+    with CaptureQueriesContext(connection) as queries:
+        seed(tasks=25, users=0, seed=1, batch_size=10)
+
+    savepoints = [q for q in queries.captured_queries if q["sql"].startswith("SAVEPOINT")]
+    assert Task.objects.count() == 25
+    assert Task.objects.filter(assignee__isnull=False).count() == 0  # --users 0: unassigned
+    assert len(savepoints) == 3  # 10 + 10 + 5 rows
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tasks": "-1"}, "--tasks must be at least 0"),
+        ({"tasks": "ten"}, "--tasks must be a whole number"),
+        ({"tasks": "1.5"}, "--tasks must be a whole number"),
+        ({"users": "-3"}, "--users must be at least 0"),
+        ({"users": "x"}, "--users must be a whole number"),
+        ({"batch_size": "0"}, "--batch-size must be at least 1"),
+        ({"seed": "abc"}, "--seed must be a whole number"),
+        ({"database": "nope"}, "Unknown database 'nope'. Use one of: default"),
+    ],
+)
+def test_bad_arguments_fail_clearly_and_write_nothing(options, message):
+    # when
+    with pytest.raises(CommandError, match=message):
+        seed(**{"tasks": "10", **options})
+
+    # then
+    assert Task.objects.count() == 0
+    assert get_user_model().objects.count() == 0
+    assert Category.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--tasks", "-5"], ["--batch-size", "0"], ["--database", "elsewhere"], ["--users", "many"]],
+)
+def test_bad_arguments_exit_with_code_1_from_the_command_line(argv):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "seed", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("CommandError: ")
+
+
+def test_no_progress_bar_when_output_is_not_a_terminal():
+    err = StringIO()
+
+    call_command("seed", tasks=20, users=1, seed=1, stdout=StringIO(), stderr=err)
+
+    assert err.getvalue() == ""
+
+
+def test_progress_bar_shows_rate_and_eta_on_a_terminal():
+    class Terminal(StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+
+    call_command("seed", tasks=20, users=1, seed=1, stdout=StringIO(), stderr=err)
+
+    bar = err.getvalue()
+    assert "20/20" in bar and "task/s" in bar  # count and rate
+    assert "<00:00" in bar  # elapsed<ETA
+
+
+@pytest.mark.postgres
+def test_seed_streams_rows_with_copy_on_postgresql():
+    with CaptureQueriesContext(connection) as queries:
+        seed(tasks=1200, users=3, seed=4, batch_size=500)
+
+    # COPY bypasses Django's query log: the rows arrive without a single INSERT statement.
+    assert Task.objects.count() == 1200
+    assert not any(
+        q["sql"].startswith('INSERT INTO "tasks_task"') for q in queries.captured_queries
+    )
+
+
+def test_seed_on_an_unmigrated_database_says_to_migrate(tmp_path):
+    # given: an empty SQLite database
+    empty = tmp_path / "empty.sqlite3"
+
+    # when
+    result = subprocess.run(
+        [sys.executable, "manage.py", "seed", "--tasks", "5"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{empty}"},
+        capture_output=True,
+        text=True,
+    )
+
+    # then
+    assert result.returncode == 1
+    assert "Run: manage.py migrate --database default" in result.stderr
+    with sqlite3.connect(empty) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall() == []
