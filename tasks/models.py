@@ -2,6 +2,11 @@
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F
+from django.db.models.expressions import DatabaseDefault
+from django.utils import timezone
+
+from tasks.priority import Priority, PriorityRule, priority_rank
 
 
 class CategoryManager(models.Manager["Category"]):
@@ -38,6 +43,12 @@ class Category(models.Model):
         return (self.slug,)
 
 
+class TaskQuerySet(models.QuerySet["Task"]):
+    def order_by_priority(self) -> "TaskQuerySet":
+        """Most pressing first (urgent, high, medium, low, then not yet set), soonest due first."""
+        return self.order_by(priority_rank().desc(), F("due_date").asc(nulls_last=True), "-id")
+
+
 class Task(models.Model):
     """A unit of work, optionally categorised and assigned to a user."""
 
@@ -61,8 +72,21 @@ class Task(models.Model):
         on_delete=models.SET_NULL,
         related_name="tasks",
     )
+    # Arrived on a live table: expand (nullable, 0002), backfill (command and 0003), contract
+    # (NOT NULL with a database default, 0004). This code also runs between expand and contract,
+    # so it tolerates NULL on read and always writes a value (see save()).
+    priority = models.CharField(
+        max_length=20,
+        choices=Priority.choices,
+        blank=True,
+        # For INSERTs from code that predates the column (they never name it).
+        db_default=Priority.MEDIUM,
+        help_text="Leave empty to derive it from the status and due date.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TaskQuerySet.as_manager()
 
     class Meta:
         # Newest first; the index below serves it (a backward scan), so the admin's first page
@@ -75,3 +99,51 @@ class Task(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    def save(self, *args, **kwargs) -> None:
+        """Save, deriving the priority from the rule when none is set (the dual-write)."""
+        if not self.priority or isinstance(self.priority, DatabaseDefault):
+            self.priority = PriorityRule(timezone.localdate()).for_task(
+                status=self.status, due_date=self.due_date
+            )
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "priority"}
+        super().save(*args, **kwargs)
+
+
+class BackfillRun(models.Model):
+    """The checkpoint of one run of a batched backfill, so that a killed run resumes exactly."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        FAILED = "failed", "Failed"
+        SUCCEEDED = "succeeded", "Succeeded"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN_STATUSES = (Status.RUNNING, Status.FAILED)
+
+    name = models.CharField(max_length=100, help_text="Which backfill, e.g. tasks.task.priority.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    reference_date = models.DateField(help_text="The date the whole run computes values against.")
+    started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_key = models.JSONField(null=True, blank=True, help_text="Key of the last row done.")
+    rows_done = models.BigIntegerField(default=0)
+    batches = models.IntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            # At most one run of a backfill is open (running or resumable after a failure).
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(status__in=["running", "failed"]),
+                name="backfillrun_one_open_per_name",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk} ({self.status})"

@@ -23,6 +23,7 @@ from factory.random import randgen
 from tasks.bulk_insert import insert_rows
 from tasks.factories import TaskFactory, UserFactory
 from tasks.models import Category, Task
+from tasks.priority import PriorityRule
 
 REFERENCE_FIXTURES = ("categories", "roles")
 ROLE_NAMES = ("Admin", "Manager", "Member")
@@ -40,6 +41,8 @@ TASK_FIELDS = (
     "created_at",
     "updated_at",
 )
+# Written last, and only when the tasks are seeded as the application writes them today.
+PRIORITY_FIELD = "priority"
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,11 @@ def create_users(count: int, *, using: str) -> list[int]:
     User = get_user_model()
     UserFactory.reset_sequence(0)
     users = UserFactory.build_batch(count)
-    User.objects.db_manager(using).bulk_create(users, ignore_conflicts=True)
     usernames = [user.username for user in users]
+    existing = set(
+        User.objects.using(using).filter(username__in=usernames).values_list("username", flat=True)
+    )
+    User.objects.db_manager(using).bulk_create([u for u in users if u.username not in existing])
     return list(
         User.objects.using(using)
         .filter(username__in=usernames)
@@ -84,10 +90,15 @@ def create_users(count: int, *, using: str) -> list[int]:
     )
 
 
-def build_prototypes(count: int) -> list[tuple]:
-    """Build ``count`` tasks with TaskFactory (not saved) as (title, description, status, due)."""
+def build_prototypes(count: int, *, with_priority: bool) -> list[tuple]:
+    """Build ``count`` tasks with TaskFactory (not saved) as (title, description, status, due)
+    tuples, with the priority from the rule as a last item if ``with_priority``."""
     prototypes = TaskFactory.build_batch(count, category=None, assignee=None)
-    return [(t.title, t.description, t.status, t.due_date) for t in prototypes]
+    rows = [(t.title, t.description, t.status, t.due_date) for t in prototypes]
+    if not with_priority:
+        return rows
+    rule = PriorityRule(timezone.localdate())
+    return [(*row, rule.for_task(status=row[2], due_date=row[3])) for row in rows]
 
 
 def task_rows(
@@ -103,7 +114,7 @@ def task_rows(
         assignee = None
         if user_ids and randgen.random() >= UNASSIGNED_SHARE:
             assignee = randgen.choice(user_ids)
-        yield (*prototype, category, assignee, now, now)
+        yield (*prototype[:4], category, assignee, now, now, *prototype[4:])
 
 
 def seed(
@@ -113,25 +124,29 @@ def seed(
     seed: int,
     batch_size: int,
     using: str,
+    with_priority: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> SeedResult:
     """Make sure reference data exists, then create ``users`` users and ``tasks`` tasks.
 
     The same ``seed`` on the same database state gives the same rows. Each batch of
     ``batch_size`` tasks is written in its own transaction; ``on_batch`` is told its size.
+    Without ``with_priority`` tasks are written as the application wrote them before the
+    priority column existed: the INSERT does not name it.
     """
     started = time.perf_counter()
     factory.random.reseed_random(seed)
     loaded = ensure_reference_data(using=using)
     category_ids = list(Category.objects.using(using).order_by("slug").values_list("pk", flat=True))
     user_ids = create_users(users, using=using)
-    prototypes = build_prototypes(min(tasks, PROTOTYPE_POOL_SIZE))
+    prototypes = build_prototypes(min(tasks, PROTOTYPE_POOL_SIZE), with_priority=with_priority)
+    fields = (*TASK_FIELDS, PRIORITY_FIELD) if with_priority else TASK_FIELDS
     rows = task_rows(tasks, prototypes=prototypes, category_ids=category_ids, user_ids=user_ids)
     written = 0
     while written < tasks:
         size = min(batch_size, tasks - written)
         batch = (next(rows) for _ in range(size))
-        written += insert_rows(Task, TASK_FIELDS, batch, using=using)
+        written += insert_rows(Task, fields, batch, using=using)
         if on_batch is not None:
             on_batch(size)
     return SeedResult(

@@ -2,9 +2,11 @@
 
 import secrets
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from tasks.backfill import column_state
 from tasks.management.base import ProjectCommand
+from tasks.models import Task
 from tasks.seeding import seed
 
 
@@ -25,6 +27,12 @@ class Command(ProjectCommand):
             default="5000",
             help="Tasks written per transaction (default: 5000).",
         )
+        parser.add_argument(
+            "--without-priority",
+            action="store_true",
+            help="Write tasks as the application did before the priority column existed "
+            "(priority left NULL), to rehearse the backfill. Refused once priority is NOT NULL.",
+        )
         self.add_progress_argument(parser)
         self.add_database_argument(parser)
 
@@ -38,6 +46,20 @@ class Command(ProjectCommand):
         seed_value = self.int_option("seed", seed_value, minimum=0)
         using = self.database_alias(options["database"])
         self.require_migrated(using)
+        with_priority = not options["without_priority"]
+        state = column_state(Task, "priority", using=using)
+        if not with_priority and state == "not null":
+            raise CommandError(
+                "--without-priority writes tasks with a NULL priority, but priority is NOT NULL "
+                "here (the contract migration 0004 is applied). Seed without --without-priority, "
+                f"or migrate back first: manage.py migrate tasks 0003 --database {using}"
+            )
+        if with_priority and state == "missing":
+            raise CommandError(
+                "The priority column does not exist yet. Apply the expand step "
+                f"(manage.py migrate tasks 0002_priority_expand --database {using}) or pass "
+                "--without-priority to seed tasks as the application wrote them before it."
+            )
 
         with self.progress_bar(total=tasks, unit="task", enabled=not options["no_progress"]) as bar:
             result = seed(
@@ -46,6 +68,7 @@ class Command(ProjectCommand):
                 seed=seed_value,
                 batch_size=batch_size,
                 using=using,
+                with_priority=with_priority,
                 on_batch=bar.update,
             )
 

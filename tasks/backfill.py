@@ -1,0 +1,303 @@
+"""The generic batched backfill engine: fill a column on the rows that still need it.
+
+A backfill walks the table in keyset batches over a key (the primary key by default, never
+OFFSET). Each batch is one transaction holding one set-based UPDATE, restricted to the rows that
+still need the value, plus its checkpoint, so a run killed at any point resumes exactly after the
+last committed batch. On PostgreSQL each batch runs under ``lock_timeout`` and
+``statement_timeout``; a batch that times out, deadlocks or finds SQLite locked is retried with
+exponential backoff a bounded number of times, then the run stops with its checkpoint intact.
+
+Nothing here knows about tasks or priorities: the caller passes the model (concrete or
+historical, so migrations can use it), the column, the value expression and the filter.
+"""
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.db import DatabaseError, connections, models, transaction
+from django.db.models import Count, F, Max, Q
+from django.utils import timezone
+
+# SQLSTATEs worth retrying: lock_not_available (lock_timeout), query_canceled
+# (statement_timeout), deadlock_detected, serialization_failure.
+# https://www.postgresql.org/docs/current/errcodes-appendix.html
+RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """What to fill: ``model.field = value`` on the rows matching ``pending``, walked by ``key``."""
+
+    model: type[models.Model]
+    field: str
+    value: Any
+    pending: Q
+    key: str = "pk"
+
+    def queryset(self, using: str) -> models.QuerySet:
+        """The rows that still need the value."""
+        return self.model._default_manager.using(using).filter(self.pending)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How hard a backfill may push: batch size, pauses, timeouts and retries."""
+
+    batch_size: int = 5_000
+    sleep: float = 0.0
+    max_batches: int | None = None
+    # Row locks taken by the UPDATE are held until the batch commits; if it must wait for a row
+    # an application transaction holds, it gives up after lock_timeout rather than stall others.
+    lock_timeout_ms: int = 1_000
+    # A default-size batch takes ~100 ms; anything near this limit is pathological.
+    statement_timeout_ms: int = 15_000
+    max_retries: int = 5
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based), doubling each time."""
+        return min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """One committed batch."""
+
+    rows: int
+    last_key: Any
+    seconds: float
+    attempts: int
+
+
+@dataclass
+class BackfillResult:
+    """What a call to :func:`run_backfill` did."""
+
+    rows: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    finished: bool = False
+    batch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+class BackfillFailed(Exception):
+    """A batch kept failing after its retries; the checkpoint still marks the last good batch."""
+
+
+class Checkpoint(Protocol):
+    """Where a run's progress is kept. ``record_batch`` runs inside the batch's transaction."""
+
+    last_key: Any
+
+    def record_batch(self, *, last_key: Any, rows: int) -> None: ...
+
+    def record_failure(self, error: str) -> None: ...
+
+    def record_success(self) -> None: ...
+
+
+class RunCheckpoint:
+    """A :class:`Checkpoint` kept in a run-record row (``tasks.BackfillRun`` or its historical
+    model in a migration), written in the same transaction as each batch."""
+
+    def __init__(self, run: models.Model, *, using: str) -> None:
+        self.run = run
+        self.using = using
+        self.last_key = run.last_key
+
+    def _update(self, **values: Any) -> None:
+        type(self.run)._default_manager.using(self.using).filter(pk=self.run.pk).update(
+            updated_at=timezone.now(), **values
+        )
+
+    def record_batch(self, *, last_key: Any, rows: int) -> None:
+        self._update(last_key=last_key, rows_done=F("rows_done") + rows, batches=F("batches") + 1)
+        self.last_key = last_key
+
+    def record_failure(self, error: str) -> None:
+        self._update(status="failed", last_error=f"{timezone.now():%Y-%m-%d %H:%M:%S} {error}")
+
+    def record_success(self) -> None:
+        self._update(status="succeeded", finished_at=timezone.now(), last_error="")
+
+
+def open_run(
+    run_model: type[models.Model],
+    *,
+    name: str,
+    using: str,
+    restart: bool = False,
+    today: datetime.date | None = None,
+) -> tuple[models.Model, bool]:
+    """Return the open run of backfill ``name`` to resume, or a new one; and whether it resumed.
+
+    A resumed run keeps its reference date. ``restart`` cancels the open run and starts anew.
+    """
+    manager = run_model._default_manager.db_manager(using)
+    with transaction.atomic(using=using):
+        current = (
+            manager.select_for_update()
+            .filter(name=name, status__in=["running", "failed"])
+            .order_by("-pk")
+            .first()
+        )
+        if current is not None and not restart:
+            manager.filter(pk=current.pk).update(status="running", updated_at=timezone.now())
+            current.refresh_from_db(using=using)
+            return current, True
+        if current is not None:
+            manager.filter(pk=current.pk).update(
+                status="cancelled", finished_at=timezone.now(), updated_at=timezone.now()
+            )
+        run = manager.create(
+            name=name,
+            status="running",
+            reference_date=today or timezone.localdate(),
+        )
+        return run, False
+
+
+def find_open_run(run_model: type[models.Model], *, name: str, using: str) -> models.Model | None:
+    """The open (running or failed) run of backfill ``name``, if any."""
+    return (
+        run_model._default_manager.using(using)
+        .filter(name=name, status__in=["running", "failed"])
+        .order_by("-pk")
+        .first()
+    )
+
+
+def column_state(model: type[models.Model], field_name: str, *, using: str) -> str:
+    """``"missing"``, ``"nullable"`` or ``"not null"``: the column as the database has it now."""
+    connection = connections[using]
+    column = model._meta.get_field(field_name).column
+    with connection.cursor() as cursor:
+        if model._meta.db_table not in connection.introspection.table_names(cursor):
+            return "missing"
+        description = connection.introspection.get_table_description(cursor, model._meta.db_table)
+    for info in description:
+        if info.name == column:
+            return "nullable" if info.null_ok else "not null"
+    return "missing"
+
+
+def count_pending(backfill: Backfill, *, using: str) -> int:
+    """How many rows still need the value."""
+    return backfill.queryset(using).count()
+
+
+def preview(backfill: Backfill, *, using: str) -> dict[Any, int]:
+    """How many pending rows would get each value (for a dry run); writes nothing."""
+    rows = (
+        backfill.queryset(using)
+        .order_by()
+        .annotate(_backfill_value=backfill.value)
+        .values("_backfill_value")
+        .annotate(rows=Count("pk"))
+        .values_list("_backfill_value", "rows")
+    )
+    return dict(rows)
+
+
+def is_retryable(error: DatabaseError) -> bool:
+    """True for lock and statement timeouts, deadlocks, serialization failures, SQLite locks."""
+    cause = error.__cause__ or error
+    if getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    return "database is locked" in str(error)
+
+
+def _apply_timeouts(policy: BatchPolicy, using: str) -> None:
+    """Bound this transaction's lock waits and statement time (PostgreSQL only)."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        # set_config(..., is_local => true) is SET LOCAL: it ends with the transaction.
+        cursor.execute(
+            "SELECT set_config('lock_timeout', %s, true), "
+            "set_config('statement_timeout', %s, true)",
+            [f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"],
+        )
+
+
+def _run_batch(
+    backfill: Backfill, policy: BatchPolicy, checkpoint: Checkpoint, *, using: str
+) -> tuple[int, Any] | None:
+    """One batch in one transaction: find its upper key, UPDATE, checkpoint. None when done."""
+    with transaction.atomic(using=using):
+        _apply_timeouts(policy, using)
+        pending = backfill.queryset(using)
+        if checkpoint.last_key is not None:
+            pending = pending.filter(**{f"{backfill.key}__gt": checkpoint.last_key})
+        # Keyset: the batch ends at the batch_size-th pending key after the checkpoint.
+        upper = (
+            pending.order_by(backfill.key)
+            .values(backfill.key)[: policy.batch_size]
+            .aggregate(upper=Max(backfill.key))["upper"]
+        )
+        if upper is None:
+            return None
+        rows = pending.filter(**{f"{backfill.key}__lte": upper}).update(
+            **{backfill.field: backfill.value}
+        )
+        checkpoint.record_batch(last_key=upper, rows=rows)
+        return rows, upper
+
+
+def run_backfill(
+    backfill: Backfill,
+    policy: BatchPolicy,
+    checkpoint: Checkpoint,
+    *,
+    using: str,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BackfillResult:
+    """Fill ``backfill`` batch by batch from ``checkpoint`` until done or ``max_batches``.
+
+    Raises :class:`BackfillFailed` when a batch still fails after ``policy.max_retries``
+    retries, after recording the error on the checkpoint.
+    """
+    result = BackfillResult()
+    started = time.perf_counter()
+    while policy.max_batches is None or result.batches < policy.max_batches:
+        attempt = 0
+        batch_started = time.perf_counter()
+        while True:
+            attempt += 1
+            try:
+                outcome = _run_batch(backfill, policy, checkpoint, using=using)
+                break
+            except DatabaseError as error:
+                if not is_retryable(error) or attempt > policy.max_retries:
+                    message = (
+                        f"batch after key {checkpoint.last_key!r} failed "
+                        f"(attempt {attempt} of {policy.max_retries + 1}): {error}".strip()
+                    )
+                    checkpoint.record_failure(message)
+                    raise BackfillFailed(message) from error
+                sleep(policy.backoff(attempt))
+        if outcome is None:
+            checkpoint.record_success()
+            result.finished = True
+            break
+        rows, last_key = outcome
+        seconds = time.perf_counter() - batch_started
+        result.rows += rows
+        result.batches += 1
+        result.batch_seconds.append(seconds)
+        if on_batch is not None:
+            on_batch(BatchReport(rows=rows, last_key=last_key, seconds=seconds, attempts=attempt))
+        if policy.sleep:
+            sleep(policy.sleep)
+    result.seconds = time.perf_counter() - started
+    return result

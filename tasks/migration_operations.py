@@ -1,0 +1,76 @@
+"""Migration operations that keep PostgreSQL's long locks out of a live table's schema changes."""
+
+from django.db.migrations.operations import AlterField
+
+
+class AlterFieldSetNotNull(AlterField):
+    """Make a column NOT NULL without scanning the table under ACCESS EXCLUSIVE (PostgreSQL).
+
+    A plain ``ALTER COLUMN ... SET NOT NULL`` scans every row while holding ACCESS EXCLUSIVE,
+    blocking all reads and writes for the length of the scan. Instead, on PostgreSQL:
+
+    1. ``ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID`` — ACCESS EXCLUSIVE, but instant:
+       existing rows are not checked, new and updated rows are.
+    2. ``VALIDATE CONSTRAINT`` — scans under SHARE UPDATE EXCLUSIVE, which lets reads and writes
+       go on.
+    3. ``SET NOT NULL`` — ACCESS EXCLUSIVE, instant: PostgreSQL 12+ skips the scan when a valid
+       check constraint proves the column has no NULL ("existing constraints ... are sufficient").
+    4. ``DROP CONSTRAINT`` — the check is redundant with NOT NULL.
+
+    Use it in a non-atomic migration, so that each statement commits (and releases its lock)
+    on its own, and only after the column has a database default that every INSERT from code
+    that predates the column relies on: a NOT VALID check that exists before the default makes
+    those inserts fail. Other databases get Django's own AlterField.
+    """
+
+    def _names(self, schema_editor, model) -> tuple[str, str, str]:
+        column = model._meta.get_field(self.name).column
+        table = model._meta.db_table
+        constraint = schema_editor._create_index_name(table, [column], suffix="_notnull")
+        quote = schema_editor.quote_name
+        return quote(table), quote(column), quote(constraint)
+
+    def _check_only_null_changes(self, from_field, to_field) -> None:
+        old = from_field.deconstruct()[3]
+        new = to_field.deconstruct()[3]
+        old.pop("null", None)
+        new.pop("null", None)
+        if old != new:
+            raise ValueError(
+                f"AlterFieldSetNotNull on {self.model_name}.{self.name} may only change null; "
+                "make other changes in an AlterField of their own."
+            )
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        to_model = to_state.apps.get_model(app_label, self.model_name)
+        from_model = from_state.apps.get_model(app_label, self.model_name)
+        self._check_only_null_changes(
+            from_model._meta.get_field(self.name), to_model._meta.get_field(self.name)
+        )
+        table, column, constraint = self._names(schema_editor, to_model)
+        # Drop first: a leftover of an interrupted run must not make the ADD fail.
+        schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
+        schema_editor.execute(
+            f"ALTER TABLE {table} ADD CONSTRAINT {constraint} "
+            f"CHECK ({column} IS NOT NULL) NOT VALID"
+        )
+        schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
+        schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
+        schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        table, column, _ = self._names(schema_editor, model)
+        # Metadata only: dropping NOT NULL never scans.
+        schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} DROP NOT NULL")
+
+    def describe(self) -> str:
+        return f"Set NOT NULL on {self.model_name}.{self.name} without a long lock"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"{self.model_name_lower}_{self.name_lower}_set_not_null"

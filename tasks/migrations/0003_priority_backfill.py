@@ -1,0 +1,35 @@
+"""Step 4 of the priority rollout: finish the backfill for databases where the command was not run.
+
+Runs the same engine as ``manage.py backfill_priority`` (resuming its open run, with the same
+reference date), in batches that each commit on their own: the migration is not atomic, so it
+never holds row locks on the whole table. Where the command already finished, only the check
+that no NULL is left runs.
+"""
+
+from django.db import migrations
+
+
+def finish_priority_backfill(apps, schema_editor):
+    from tasks.backfill import BatchPolicy
+    from tasks.priority_backfill import backfill_priority
+
+    backfill_priority(
+        task_model=apps.get_model("tasks", "Task"),
+        run_model=apps.get_model("tasks", "BackfillRun"),
+        using=schema_editor.connection.alias,
+        policy=BatchPolicy(),
+    )
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [
+        ("tasks", "0002_priority_expand"),
+    ]
+
+    operations = [
+        # Reversing keeps the filled values: they are valid in the expand state, and erasing
+        # them would only force the backfill to be redone.
+        migrations.RunPython(finish_priority_backfill, migrations.RunPython.noop),
+    ]

@@ -1,0 +1,68 @@
+"""Step 5 of the priority rollout: contract — priority becomes NOT NULL with a database default.
+
+Order matters while code that predates the column may still be running:
+
+1. the database default first (metadata only), so that INSERTs that never name ``priority``
+   get "medium" instead of NULL from now on;
+2. a catch-up backfill of the NULL rows written since the backfill ran (same engine, batches
+   committed one by one);
+3. NOT NULL, on PostgreSQL via CHECK ... NOT VALID -> VALIDATE -> SET NOT NULL, so the table is
+   never scanned under ACCESS EXCLUSIVE (see tasks/migration_operations.py).
+
+Not atomic: each step commits on its own and releases its lock at once.
+"""
+
+from django.db import migrations, models
+
+import tasks.migration_operations
+
+PRIORITY_CHOICES = [("low", "Low"), ("medium", "Medium"), ("high", "High"), ("urgent", "Urgent")]
+HELP_TEXT = "Leave empty to derive it from the status and due date."
+
+
+def catch_up_priority_backfill(apps, schema_editor):
+    from tasks.backfill import BatchPolicy
+    from tasks.priority_backfill import backfill_priority
+
+    backfill_priority(
+        task_model=apps.get_model("tasks", "Task"),
+        run_model=apps.get_model("tasks", "BackfillRun"),
+        using=schema_editor.connection.alias,
+        policy=BatchPolicy(),
+    )
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [
+        ("tasks", "0003_priority_backfill"),
+    ]
+
+    operations = [
+        migrations.AlterField(
+            model_name="task",
+            name="priority",
+            field=models.CharField(
+                blank=True,
+                choices=PRIORITY_CHOICES,
+                db_default="medium",
+                help_text=HELP_TEXT,
+                max_length=20,
+                null=True,
+            ),
+        ),
+        # Reversing keeps the filled values (valid in every earlier state).
+        migrations.RunPython(catch_up_priority_backfill, migrations.RunPython.noop),
+        tasks.migration_operations.AlterFieldSetNotNull(
+            model_name="task",
+            name="priority",
+            field=models.CharField(
+                blank=True,
+                choices=PRIORITY_CHOICES,
+                db_default="medium",
+                help_text=HELP_TEXT,
+                max_length=20,
+            ),
+        ),
+    ]
