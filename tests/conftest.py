@@ -73,3 +73,16 @@ def demo_data(reference_data) -> None:
 @pytest.fixture
 def category(db) -> Category:
     return Category.objects.create(name="Engineering", slug="engineering")
+
+
+@pytest.fixture
+def expand_step(transactional_db):
+    """The database between the expand and contract steps: priority exists and may be NULL.
+
+    Migrates tasks back to 0002_priority_expand for the test and forward again afterwards.
+    """
+    from django.core.management import call_command
+
+    call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
+    yield
+    call_command("migrate", "tasks", verbosity=0)

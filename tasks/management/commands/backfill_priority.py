@@ -52,6 +52,13 @@ class Command(ProjectCommand):
             f"(default: {DEFAULTS.statement_timeout_ms}).",
         )
         parser.add_argument(
+            "--max-retries",
+            default=str(DEFAULTS.max_retries),
+            help="Retries of a batch that hits a lock or statement timeout or a deadlock, "
+            f"waiting {DEFAULTS.backoff_seconds:g} s, then twice as long each time "
+            f"(default: {DEFAULTS.max_retries}).",
+        )
+        parser.add_argument(
             "--restart",
             action="store_true",
             help="Cancel the open run and start a new one with today as its reference date.",
@@ -157,6 +164,9 @@ class Command(ProjectCommand):
             ),
             statement_timeout_ms=self.int_option(
                 "statement_timeout", options["statement_timeout"], minimum=1, maximum=86_400_000
+            ),
+            max_retries=self.int_option(
+                "max_retries", options["max_retries"], minimum=0, maximum=100
             ),
         )
 

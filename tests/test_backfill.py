@@ -1,0 +1,284 @@
+"""backfill_priority and the engine behind it, on the run's database (SQLite or PostgreSQL)."""
+
+import datetime
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.models import Q
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from tasks.backfill import Backfill, BatchPolicy, RunCheckpoint, open_run, run_backfill
+from tasks.models import BackfillRun, Task
+from tasks.priority import PriorityRule
+
+ROOT = Path(__file__).resolve().parent.parent
+TODAY = timezone.localdate()
+DAY = datetime.timedelta(days=1)
+
+
+def legacy_tasks(count: int, *, ids: list[int] | None = None) -> list[Task]:
+    """Tasks as the application wrote them before the priority column: priority NULL."""
+    rows = [
+        Task(
+            pk=None if ids is None else ids[i],
+            title=f"legacy {i}",
+            status=["todo", "done", "blocked", "in_progress"][i % 4],
+            due_date=None if i % 5 == 0 else TODAY + (i % 40 - 10) * DAY,
+            priority=None,
+        )
+        for i in range(count)
+    ]
+    return Task.objects.bulk_create(rows)
+
+
+def backfill(**options) -> str:
+    out = StringIO()
+    call_command("backfill_priority", no_progress=True, stdout=out, **options)
+    return out.getvalue()
+
+
+def nulls() -> int:
+    return Task.objects.filter(priority__isnull=True).count()
+
+
+def assert_rule_applied(today: datetime.date = TODAY) -> None:
+    rule = PriorityRule(today)
+    for task in Task.objects.all():
+        assert task.priority == rule.for_task(status=task.status, due_date=task.due_date), task
+
+
+def test_fills_every_null_row_by_the_rule_and_reports(expand_step):
+    legacy_tasks(23)
+
+    output = backfill(batch_size=5)
+
+    assert nulls() == 0
+    assert_rule_applied()
+    assert "Updated 23 rows in 5 batches" in output
+    assert "NULL rows left: 0" in output
+    run = BackfillRun.objects.get()
+    assert (run.status, run.rows_done, run.batches, run.reference_date) == (
+        "succeeded",
+        23,
+        5,
+        TODAY,
+    )
+
+
+def test_keyset_batches_handle_gaps_in_ids_and_a_last_partial_batch(expand_step):
+    # given: ids with large gaps
+    ids = [1, 2, 3, 10, 11, 500, 501, 502, 9_000, 1_000_000, 1_000_001]
+    legacy_tasks(len(ids), ids=ids)
+
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        backfill(batch_size=3)
+
+    # then: 3 + 3 + 3 + 2 rows, one set-based UPDATE per batch, never OFFSET
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    task_updates = [sql for sql in updates if '"tasks_task"' in sql.split("SET")[0]]
+    assert nulls() == 0
+    assert len(task_updates) == 4
+    assert not any("OFFSET" in q["sql"].upper() for q in queries.captured_queries)
+    assert BackfillRun.objects.get().last_key == 1_000_001
+
+
+def test_an_empty_table_has_nothing_to_do(expand_step):
+    output = backfill()
+
+    assert "Nothing to backfill" in output
+    assert not BackfillRun.objects.exists()
+
+
+def test_only_null_rows_are_touched(expand_step):
+    # given: rows the new code already wrote, with priorities the rule would not give
+    legacy_tasks(10)
+    chosen = list(Task.objects.order_by("pk").values_list("pk", flat=True)[:4])
+    Task.objects.filter(pk__in=chosen).update(priority="urgent")
+    Task.objects.filter(pk__in=chosen).update(status="done")  # rule would say "low"
+
+    # when
+    output = backfill(batch_size=3)
+
+    # then
+    assert set(Task.objects.filter(pk__in=chosen).values_list("priority", flat=True)) == {"urgent"}
+    assert "Updated 6 rows" in output
+    assert nulls() == 0
+
+
+def test_a_second_run_changes_nothing_and_says_so(expand_step):
+    legacy_tasks(12)
+    backfill(batch_size=5)
+    before = list(Task.objects.order_by("pk").values_list("pk", "priority", "updated_at"))
+
+    output = backfill(batch_size=5)
+
+    assert "Nothing to backfill: no task has a NULL priority." in output
+    assert list(Task.objects.order_by("pk").values_list("pk", "priority", "updated_at")) == before
+    assert BackfillRun.objects.count() == 1
+
+
+def test_a_stopped_run_resumes_with_its_own_reference_date(expand_step):
+    # given: a run that stopped after one batch, started on an earlier day
+    legacy_tasks(10)
+    first = backfill(batch_size=4, max_batches=1)
+    run = BackfillRun.objects.get()
+    first_batch_end = run.last_key
+    earlier = TODAY - 30 * DAY
+    BackfillRun.objects.filter(pk=run.pk).update(reference_date=earlier)
+
+    # when
+    second = backfill(batch_size=4)
+
+    # then: same run, and the remaining rows were computed against its date
+    run.refresh_from_db()
+    assert "stopped after --max-batches" in first
+    assert f"Resuming run #{run.pk} (reference date {earlier})" in second
+    assert (run.status, run.rows_done, run.batches) == ("succeeded", 10, 3)
+    rule = PriorityRule(earlier)
+    resumed = Task.objects.filter(pk__gt=first_batch_end)
+    assert resumed.count() == 6
+    for task in resumed:
+        assert task.priority == rule.for_task(status=task.status, due_date=task.due_date)
+
+
+def test_restart_cancels_the_open_run_and_starts_a_new_one(expand_step):
+    legacy_tasks(10)
+    backfill(batch_size=4, max_batches=1)
+    old = BackfillRun.objects.get()
+
+    output = backfill(batch_size=4, restart=True)
+
+    old.refresh_from_db()
+    new = BackfillRun.objects.exclude(pk=old.pk).get()
+    assert old.status == "cancelled" and old.finished_at is not None
+    assert new.status == "succeeded" and new.rows_done == 6
+    assert f"Starting run #{new.pk}" in output
+
+
+def test_dry_run_counts_per_priority_and_writes_nothing(expand_step):
+    # given: one task for each outcome of the rule, and two urgent ones
+    for status, due in [
+        ("done", None),
+        ("todo", None),
+        ("todo", TODAY - DAY),
+        ("todo", TODAY),
+        ("todo", TODAY + 2 * DAY),
+        ("todo", TODAY + 30 * DAY),
+    ]:
+        Task.objects.bulk_create([Task(title="t", status=status, due_date=due, priority=None)])
+
+    # when
+    output = backfill(dry_run=True)
+
+    # then
+    lines = {line.split()[0]: line.split()[1] for line in output.splitlines()[1:-1]}
+    assert lines == {"Urgent": "2", "High": "1", "Medium": "1", "Low": "2", "Total": "6"}
+    assert "Nothing was written." in output
+    assert nulls() == 6
+    assert not BackfillRun.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": "0"}, "--batch-size must be at least 1"),
+        ({"batch_size": "100001"}, "--batch-size must be at most 100,000"),
+        ({"batch_size": "lots"}, "--batch-size must be a whole number"),
+        ({"sleep": "-0.5"}, "--sleep must be at least 0"),
+        ({"sleep": "soon"}, "--sleep must be a number"),
+        ({"sleep": "nan"}, "--sleep must be a finite number"),
+        ({"max_batches": "0"}, "--max-batches must be at least 1"),
+        ({"lock_timeout": "1s"}, "--lock-timeout must be a whole number"),
+        ({"statement_timeout": "-5"}, "--statement-timeout must be at least 1"),
+        ({"max_retries": "-1"}, "--max-retries must be at least 0"),
+        ({"database": "replica"}, "Unknown database 'replica'"),
+    ],
+)
+def test_bad_arguments_fail_clearly_and_write_nothing(expand_step, options, message):
+    legacy_tasks(5)
+
+    with pytest.raises(CommandError, match=message):
+        backfill(**options)
+
+    assert nulls() == 5
+    assert not BackfillRun.objects.exists()
+
+
+def test_bad_arguments_exit_with_code_1_from_the_command_line():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "backfill_priority", "--batch-size", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 1
+    assert "CommandError: --batch-size must be at least 1" in result.stderr
+
+
+def test_before_the_expand_step_it_says_which_migration_to_apply(transactional_db):
+    call_command("migrate", "tasks", "0001", verbosity=0)
+    try:
+        with pytest.raises(CommandError, match="migrate tasks 0002_priority_expand"):
+            backfill()
+    finally:
+        call_command("migrate", "tasks", verbosity=0)
+
+
+@pytest.mark.django_db
+def test_after_the_contract_step_there_is_nothing_to_do():
+    output = backfill()
+
+    assert "already NOT NULL" in output
+    assert not BackfillRun.objects.exists()
+
+
+def test_engine_is_generic_over_model_field_value_and_filter(expand_step):
+    # given: a backfill of a different column with a constant and a filter
+    legacy_tasks(9)
+    job = Backfill(
+        model=Task,
+        field="description",
+        value="archived",
+        pending=Q(status="done") & ~Q(description="archived"),
+    )
+    run, _ = open_run(BackfillRun, name="tasks.task.description", using="default")
+
+    # when
+    result = run_backfill(
+        job, BatchPolicy(batch_size=2), RunCheckpoint(run, using="default"), using="default"
+    )
+
+    # then
+    assert result.finished and result.rows == 2
+    assert set(Task.objects.filter(status="done").values_list("description", flat=True)) == {
+        "archived"
+    }
+    assert not Task.objects.exclude(status="done").filter(description="archived").exists()
+    assert nulls() == 9  # the priority backfill is untouched
+
+
+def test_admin_lists_and_filters_rows_not_backfilled_yet(expand_step, client):
+    from django.contrib.auth import get_user_model
+
+    legacy_tasks(3)
+    Task.objects.bulk_create([Task(title="set", priority="urgent", status="todo")])
+    client.force_login(get_user_model().objects.create_superuser("root", password="x"))
+
+    by_priority = client.get("/admin/tasks/task/?o=-3")  # the priority column, descending
+    not_set = client.get("/admin/tasks/task/?priority=none")
+    urgent = client.get("/admin/tasks/task/?priority=urgent")
+
+    assert by_priority.status_code == 200
+    assert "not set yet" in by_priority.content.decode()
+    shown = [t.priority for t in by_priority.context["cl"].result_list]
+    assert shown == ["urgent", None, None, None]
+    assert len(not_set.context["cl"].result_list) == 3
+    assert [t.title for t in urgent.context["cl"].result_list] == ["set"]

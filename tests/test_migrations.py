@@ -1,0 +1,148 @@
+"""The priority rollout's migrations, forward and backward between any two steps, on the run's
+database (the PostgreSQL pass proves them on PostgreSQL)."""
+
+import itertools
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+
+from tasks.backfill import column_state
+from tasks.models import BackfillRun, Task
+from tasks.priority import PriorityRule
+
+STEPS = ["0001_initial", "0002_priority_expand", "0003_priority_backfill", "0004_priority_contract"]
+EXPECTED = {
+    "0001_initial": ("missing", None),
+    "0002_priority_expand": ("nullable", None),
+    "0003_priority_backfill": ("nullable", None),
+    "0004_priority_contract": ("not null", "medium"),
+}
+
+
+@pytest.fixture
+def migrator(transactional_db):
+    """Migrate tasks to a step; always leaves the database fully migrated afterwards."""
+
+    def migrate(step: str) -> None:
+        call_command("migrate", "tasks", step, verbosity=0)
+
+    yield migrate
+    call_command("migrate", "tasks", verbosity=0)
+
+
+def priority_default() -> str | None:
+    """The database default of tasks_task.priority, as a plain string (None if there is none)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT column_default FROM information_schema.columns "
+                "WHERE table_name = 'tasks_task' AND column_name = 'priority'"
+            )
+            row = cursor.fetchone()
+            default = row[0] if row else None
+        else:
+            cursor.execute("PRAGMA table_info(tasks_task)")
+            default = next((r[4] for r in cursor.fetchall() if r[1] == "priority"), None)
+    if default is None:
+        return None
+    return default.split("::")[0].strip("'")
+
+
+def schema() -> tuple[str, str | None]:
+    return column_state(Task, "priority", using="default"), priority_default()
+
+
+def old_code_insert(title: str, status: str = "todo", due_date=None) -> None:
+    """INSERT the way code that predates the priority column does: it never names it."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tasks_task (title, description, status, due_date, created_at, updated_at)"
+            " VALUES (%s, '', %s, %s, %s, %s)",
+            [title, status, due_date, now, now],
+        )
+
+
+def priority_of(title: str) -> str | None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT priority FROM tasks_task WHERE title = %s", [title])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize(("start", "target"), list(itertools.permutations(STEPS, 2)))
+def test_migrating_between_any_two_steps(migrator, start, target):
+    # given
+    migrator(start)
+    assert schema() == EXPECTED[start]
+
+    # when
+    migrator(target)
+
+    # then
+    assert schema() == EXPECTED[target]
+
+
+def test_the_rollout_with_legacy_rows_and_old_code_writing_throughout(migrator):
+    today = timezone.localdate()
+    rule = PriorityRule(today)
+    migrator("0001_initial")
+    old_code_insert("before expand", status="done")
+
+    # expand: the column exists, old code's rows get NULL
+    migrator("0002_priority_expand")
+    old_code_insert("after expand", due_date=today)
+    assert priority_of("after expand") is None
+
+    # data migration: every NULL row gets the rule's value
+    migrator("0003_priority_backfill")
+    assert dict(Task.objects.values_list("title", "priority")) == {
+        "before expand": "low",
+        "after expand": "urgent",
+    }
+    old_code_insert("after backfill", due_date=today)
+    assert priority_of("after backfill") is None  # still nullable
+
+    # contract: default first, catch-up of the straggler by the rule, then NOT NULL
+    migrator("0004_priority_contract")
+    assert Task.objects.get(title="after backfill").priority == rule.for_task(
+        status="todo", due_date=today
+    )
+    old_code_insert("after contract", due_date=today)
+    assert priority_of("after contract") == "medium"
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+    # and back: NULL is allowed again, values are kept
+    migrator("0002_priority_expand")
+    old_code_insert("after rollback")
+    assert priority_of("after rollback") is None
+    assert Task.objects.get(title="before expand").priority == "low"
+
+
+def test_the_data_migration_is_a_quick_no_op_where_the_command_ran(migrator):
+    migrator("0002_priority_expand")
+    old_code_insert("legacy")
+    call_command("backfill_priority", no_progress=True, verbosity=0)
+    runs = list(BackfillRun.objects.values_list("pk", "status", "rows_done"))
+
+    migrator("0003_priority_backfill")
+
+    assert list(BackfillRun.objects.values_list("pk", "status", "rows_done")) == runs
+    assert runs[0][1:] == ("succeeded", 1)
+
+
+def test_the_data_migration_resumes_the_commands_open_run(migrator):
+    # given: the command stopped half-way
+    migrator("0002_priority_expand")
+    for i in range(6):
+        old_code_insert(f"legacy {i}")
+    call_command("backfill_priority", batch_size=3, max_batches=1, no_progress=True, verbosity=0)
+
+    # when
+    migrator("0003_priority_backfill")
+
+    # then: the same run finished the job
+    run = BackfillRun.objects.get()
+    assert (run.status, run.rows_done, run.batches) == ("succeeded", 6, 2)
+    assert not Task.objects.filter(priority__isnull=True).exists()

@@ -1,0 +1,126 @@
+import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tasks.models import Task
+from tasks.priority import Priority, PriorityRule
+from tasks.services import task_create
+
+TODAY = datetime.date(2026, 3, 10)
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("status", "due_date", "expected"),
+    [
+        ("done", TODAY - 30 * DAY, "low"),  # done wins over overdue
+        ("done", None, "low"),
+        ("todo", None, "medium"),
+        ("todo", TODAY - DAY, "urgent"),
+        ("blocked", TODAY, "urgent"),  # due today
+        ("todo", TODAY + DAY, "high"),
+        ("in_progress", TODAY + 3 * DAY, "high"),
+        ("todo", TODAY + 4 * DAY, "medium"),
+        ("todo", TODAY + 14 * DAY, "medium"),
+        ("todo", TODAY + 15 * DAY, "low"),
+    ],
+)
+def test_the_rule_in_python(status, due_date, expected):
+    assert PriorityRule(TODAY).for_task(status=status, due_date=due_date) == expected
+
+
+def test_priority_values_are_stored_as_plain_strings():
+    assert Priority.values == ["low", "medium", "high", "urgent"]
+
+
+statuses = st.sampled_from(Task.Status.values)
+due_dates = st.one_of(st.none(), st.integers(min_value=-40, max_value=40))
+task_shapes = st.lists(st.tuples(statuses, due_dates), min_size=1, max_size=25)
+
+
+@pytest.mark.django_db
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    today=st.dates(min_value=datetime.date(2000, 1, 1), max_value=datetime.date(2090, 1, 1)),
+    shapes=task_shapes,
+)
+def test_the_database_expression_agrees_with_the_python_twin(today, shapes):
+    # given: tasks around the reference date (on whichever database this run uses)
+    Task.objects.all().delete()
+    Task.objects.bulk_create(
+        Task(
+            title=f"t{i}",
+            status=status,
+            due_date=None if offset is None else today + datetime.timedelta(days=offset),
+            priority=Priority.MEDIUM,
+        )
+        for i, (status, offset) in enumerate(shapes)
+    )
+    rule = PriorityRule(today)
+
+    # when
+    rows = Task.objects.annotate(by_database=rule.expression()).values_list(
+        "status", "due_date", "by_database"
+    )
+
+    # then
+    for status, due_date, by_database in rows:
+        assert by_database == rule.for_task(status=status, due_date=due_date)
+
+
+def test_sorting_by_priority_follows_rank_not_the_alphabet(expand_step):
+    for title, priority in [("a", "low"), ("b", "urgent"), ("c", "medium"), ("d", "high")]:
+        task_create(title=title)
+        Task.objects.filter(title=title).update(priority=priority)
+    Task.objects.bulk_create([Task(title="e", priority=None)])  # not backfilled yet
+
+    ordered = Task.objects.order_by_priority().values_list("priority", flat=True)
+
+    assert list(ordered) == ["urgent", "high", "medium", "low", None]
+
+
+@pytest.mark.django_db
+def test_new_tasks_get_their_priority_from_the_rule():
+    today = datetime.date.today()
+
+    overdue = task_create(title="late", due_date=today - DAY)
+    no_due_date = task_create(title="someday")
+    done = task_create(title="finished", status="done", due_date=today)
+
+    assert (overdue.priority, no_due_date.priority, done.priority) == ("urgent", "medium", "low")
+    overdue.refresh_from_db()
+    assert overdue.priority == "urgent"
+
+
+@pytest.mark.django_db
+def test_a_given_priority_is_kept():
+    task = task_create(title="important", due_date=None)
+    Task.objects.filter(pk=task.pk).update(priority="urgent")
+    task.refresh_from_db()
+
+    task.title = "still important"
+    task.save()
+
+    task.refresh_from_db()
+    assert task.priority == "urgent"
+
+
+def test_editing_a_legacy_row_writes_its_priority_even_with_update_fields(expand_step):
+    # given: a row written before the column existed (NULL priority)
+    Task.objects.bulk_create([Task(title="legacy", status="done", priority=None)])
+    task = Task.objects.get(title="legacy")
+    assert task.priority is None
+
+    # when: code saves only the title
+    task.title = "legacy, edited"
+    task.save(update_fields=["title"])
+
+    # then
+    task.refresh_from_db()
+    assert (task.title, task.priority) == ("legacy, edited", "low")
