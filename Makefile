@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
 SQLITE_URL := sqlite:///$(CURDIR)/db.sqlite3
 DEMO_TASKS ?= 20000
+DEMO := DATABASE_URL=$(SQLITE_URL) $(PY) manage.py
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-sqlite test-postgres lint bench-seed clean
@@ -22,13 +23,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The demo starts from an empty SQLite database each time (db.sqlite3 at the project root).
+# The demo walks the priority rollout on SQLite, from an empty db.sqlite3 each time:
+# expand, legacy data without priority, the batched backfill, then the data and contract steps.
 demo: $(STAMP)
 	rm -f db.sqlite3 db.sqlite3-wal db.sqlite3-shm
-	DATABASE_URL=$(SQLITE_URL) $(PY) manage.py migrate --verbosity 1
-	DATABASE_URL=$(SQLITE_URL) $(PY) manage.py loaddata categories roles demo
-	DATABASE_URL=$(SQLITE_URL) $(PY) manage.py seed --tasks $(DEMO_TASKS) --seed 1
-	DATABASE_URL=$(SQLITE_URL) $(PY) manage.py task_stats
+	@echo "== 1. Expand: every app migrated, tasks up to the nullable priority column"
+	$(DEMO) migrate contenttypes --verbosity 0
+	$(DEMO) migrate auth --verbosity 0
+	$(DEMO) migrate admin --verbosity 0
+	$(DEMO) migrate sessions --verbosity 0
+	$(DEMO) migrate tasks 0002_priority_expand
+	@echo "== 2. Reference data and legacy tasks, written as the old code did (priority NULL)"
+	$(DEMO) loaddata categories roles demo
+	$(DEMO) seed --tasks $(DEMO_TASKS) --seed 1 --without-priority
+	@echo "== 3. Backfill in batches (resumable; try Ctrl-C and run it again)"
+	$(DEMO) backfill_priority --dry-run
+	$(DEMO) backfill_priority
+	@echo "== 4. Data migration (a no-op now) and contract: NOT NULL with a database default"
+	$(DEMO) migrate
+	$(DEMO) task_stats
 	@echo
 	@echo "Open the admin:  $(PY) manage.py runserver  then http://127.0.0.1:8000/admin/"
 	@echo "Log in as alice (Admin), bob (Manager) or carol (Member); password: taskproj-demo"

@@ -44,6 +44,13 @@ class Category(models.Model):
 
 
 class TaskQuerySet(models.QuerySet["Task"]):
+    def bulk_create(self, objs, *args, **kwargs) -> list["Task"]:
+        """bulk_create skips save(): derive the priority of each task that has none here."""
+        objs = list(objs)
+        for task in objs:
+            task.fill_priority()
+        return super().bulk_create(objs, *args, **kwargs)
+
     def order_by_priority(self) -> "TaskQuerySet":
         """Most pressing first (urgent, high, medium, low, then not yet set), soonest due first."""
         return self.order_by(priority_rank().desc(), F("due_date").asc(nulls_last=True), "-id")
@@ -101,15 +108,20 @@ class Task(models.Model):
         return self.title
 
     def save(self, *args, **kwargs) -> None:
-        """Save, deriving the priority from the rule when none is set (the dual-write)."""
-        if not self.priority or isinstance(self.priority, DatabaseDefault):
-            self.priority = PriorityRule(timezone.localdate()).for_task(
-                status=self.status, due_date=self.due_date
-            )
-            update_fields = kwargs.get("update_fields")
-            if update_fields is not None:
-                kwargs["update_fields"] = {*update_fields, "priority"}
+        """Save, deriving the priority from the rule when none is set."""
+        update_fields = kwargs.get("update_fields")
+        if self.fill_priority() and update_fields is not None:
+            kwargs["update_fields"] = {*update_fields, "priority"}
         super().save(*args, **kwargs)
+
+    def fill_priority(self) -> bool:
+        """Derive the priority from the rule if none is set; True if it did (the dual-write)."""
+        if self.priority and not isinstance(self.priority, DatabaseDefault):
+            return False
+        self.priority = PriorityRule(timezone.localdate()).for_task(
+            status=self.status, due_date=self.due_date
+        )
+        return True
 
 
 class BackfillRun(models.Model):

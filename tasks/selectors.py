@@ -3,6 +3,7 @@
 from django.db.models import Count
 
 from tasks.models import Task
+from tasks.priority import Priority
 
 
 def task_counts_by_status(*, using: str) -> dict[str, int]:
@@ -15,3 +16,17 @@ def task_counts_by_status(*, using: str) -> dict[str, int]:
         .values_list("status", "n")
     )
     return {status: counts.get(status, 0) for status in Task.Status.values}
+
+
+def task_counts_by_priority(*, using: str) -> dict[str | None, int]:
+    """Number of tasks per priority, most pressing first; None counts rows not backfilled yet."""
+    counts = dict(
+        Task.objects.using(using)
+        .order_by()
+        .values_list("priority")
+        .annotate(n=Count("pk"))
+        .values_list("priority", "n")
+    )
+    ordered = {value: counts.get(value, 0) for value in reversed(Priority.values)}
+    ordered[None] = counts.get(None, 0)
+    return ordered

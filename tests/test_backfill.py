@@ -16,6 +16,7 @@ from django.utils import timezone
 from tasks.backfill import Backfill, BatchPolicy, RunCheckpoint, open_run, run_backfill
 from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
+from tests.helpers import create_legacy_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = timezone.localdate()
@@ -30,11 +31,10 @@ def legacy_tasks(count: int, *, ids: list[int] | None = None) -> list[Task]:
             title=f"legacy {i}",
             status=["todo", "done", "blocked", "in_progress"][i % 4],
             due_date=None if i % 5 == 0 else TODAY + (i % 40 - 10) * DAY,
-            priority=None,
         )
         for i in range(count)
     ]
-    return Task.objects.bulk_create(rows)
+    return create_legacy_tasks(rows)
 
 
 def backfill(**options) -> str:
@@ -172,7 +172,7 @@ def test_dry_run_counts_per_priority_and_writes_nothing(expand_step):
         ("todo", TODAY + 2 * DAY),
         ("todo", TODAY + 30 * DAY),
     ]:
-        Task.objects.bulk_create([Task(title="t", status=status, due_date=due, priority=None)])
+        create_legacy_tasks([Task(title="t", status=status, due_date=due)])
 
     # when
     output = backfill(dry_run=True)

@@ -30,7 +30,7 @@ def test_help_describes_the_command_and_its_options(name, capsys):
 
 
 @pytest.mark.django_db
-def test_task_stats_prints_the_count_of_every_status(demo_data):
+def test_task_stats_prints_the_count_of_every_status_and_priority(demo_data):
     from io import StringIO
 
     from django.core.management import call_command
@@ -38,11 +38,18 @@ def test_task_stats_prints_the_count_of_every_status(demo_data):
     out = StringIO()
     call_command("task_stats", stdout=out)
 
-    lines = [line.split() for line in out.getvalue().splitlines()[1:]]
+    lines = [line.split() for line in out.getvalue().splitlines()]
     assert lines == [
+        ["Tasks", "by", "status"],
         ["To", "do", "4"],
         ["In", "progress", "2"],
         ["Blocked", "1"],
         ["Done", "1"],
         ["Total", "8"],
+        ["Tasks", "by", "priority"],
+        ["Urgent", "5"],
+        ["High", "0"],
+        ["Medium", "2"],
+        ["Low", "1"],
+        ["Not", "set", "yet", "0"],
     ]

@@ -1,12 +1,14 @@
 import datetime
 
 import pytest
+from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.models import Task
 from tasks.priority import Priority, PriorityRule
 from tasks.services import task_create
+from tests.helpers import create_legacy_tasks
 
 TODAY = datetime.date(2026, 3, 10)
 DAY = datetime.timedelta(days=1)
@@ -78,7 +80,7 @@ def test_sorting_by_priority_follows_rank_not_the_alphabet(expand_step):
     for title, priority in [("a", "low"), ("b", "urgent"), ("c", "medium"), ("d", "high")]:
         task_create(title=title)
         Task.objects.filter(title=title).update(priority=priority)
-    Task.objects.bulk_create([Task(title="e", priority=None)])  # not backfilled yet
+    create_legacy_tasks([Task(title="e")])  # not backfilled yet
 
     ordered = Task.objects.order_by_priority().values_list("priority", flat=True)
 
@@ -113,7 +115,7 @@ def test_a_given_priority_is_kept():
 
 def test_editing_a_legacy_row_writes_its_priority_even_with_update_fields(expand_step):
     # given: a row written before the column existed (NULL priority)
-    Task.objects.bulk_create([Task(title="legacy", status="done", priority=None)])
+    create_legacy_tasks([Task(title="legacy", status="done")])
     task = Task.objects.get(title="legacy")
     assert task.priority is None
 
@@ -124,3 +126,14 @@ def test_editing_a_legacy_row_writes_its_priority_even_with_update_fields(expand
     # then
     task.refresh_from_db()
     assert (task.title, task.priority) == ("legacy, edited", "low")
+
+
+@pytest.mark.django_db
+def test_bulk_create_derives_the_priority_too():
+    today = timezone.localdate()
+
+    Task.objects.bulk_create(
+        [Task(title="late", due_date=today), Task(title="given", priority="low")]
+    )
+
+    assert dict(Task.objects.values_list("title", "priority")) == {"late": "urgent", "given": "low"}

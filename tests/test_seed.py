@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from tasks.models import Category, Task
 from tasks.seeding import PROTOTYPE_POOL_SIZE
@@ -211,3 +212,39 @@ def test_seed_on_an_unmigrated_database_says_to_migrate(tmp_path):
     assert "Run: manage.py migrate --database default" in result.stderr
     with sqlite3.connect(empty) as db:
         assert db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall() == []
+
+
+def test_seeded_tasks_get_their_priority_from_the_rule():
+    from tasks.priority import PriorityRule
+
+    seed(tasks=300, users=2, seed=8)
+
+    rule = PriorityRule(timezone.localdate())
+    for status, due_date, priority in Task.objects.values_list("status", "due_date", "priority"):
+        assert priority == rule.for_task(status=status, due_date=due_date)
+
+
+def test_without_priority_writes_tasks_as_the_old_code_did(expand_step):
+    seed(tasks=120, users=2, seed=8, without_priority=True)
+
+    assert Task.objects.filter(priority__isnull=True).count() == 120
+
+
+def test_without_priority_is_refused_once_the_column_is_not_null():
+    with pytest.raises(CommandError, match="priority is NOT NULL here"):
+        seed(tasks=10, without_priority=True)
+
+    assert Task.objects.count() == 0
+
+
+def test_seeding_before_the_expand_step_needs_without_priority(transactional_db):
+    call_command("migrate", "tasks", "0001", verbosity=0)
+    try:
+        with pytest.raises(CommandError, match="pass --without-priority"):
+            seed(tasks=10)
+        seed(tasks=10, users=1, seed=1, without_priority=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM tasks_task")
+            assert cursor.fetchone()[0] == 10
+    finally:
+        call_command("migrate", "tasks", verbosity=0)

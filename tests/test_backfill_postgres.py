@@ -1,0 +1,261 @@
+"""The backfill under real PostgreSQL behaviour: a SIGKILLed process, concurrent writers with
+their own connections, and row locks held by another session."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from io import StringIO
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, connections
+from django.utils import timezone
+
+from tasks.backfill import BatchPolicy
+from tasks.models import BackfillRun, Task
+from tasks.priority import PriorityRule
+from tasks.priority_backfill import backfill_priority
+from tasks.services import task_create
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.postgres
+
+
+def conninfo() -> str:
+    """libpq connection string of the test database."""
+    db = connection.settings_dict
+    parts = {
+        "host": db["HOST"],
+        "port": db["PORT"],
+        "user": db["USER"],
+        "password": db["PASSWORD"],
+        "dbname": db["NAME"],
+    }
+    return " ".join(f"{k}={v}" for k, v in parts.items() if v)
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def seed_legacy(count: int) -> None:
+    call_command(
+        "seed",
+        tasks=count,
+        users=3,
+        seed=7,
+        without_priority=True,
+        no_progress=True,
+        verbosity=0,
+    )
+
+
+def assert_rule_applied_to(queryset, today) -> None:
+    rule = PriorityRule(today)
+    for status, due_date, priority in queryset.values_list("status", "due_date", "priority"):
+        assert priority == rule.for_task(status=status, due_date=due_date)
+
+
+def test_a_run_killed_with_sigkill_resumes_exactly_where_it_stopped(expand_step):
+    # given: 20,000 legacy rows and a backfill process working through them
+    seed_legacy(20_000)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "backfill_priority", "--batch-size=500", "--sleep=0.05"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        run = BackfillRun.objects.first()
+        if run is not None and run.rows_done >= 2_000:
+            break
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+
+    # when: it is killed without a chance to clean up
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    # then: the checkpoint matches the data exactly
+    run = BackfillRun.objects.get()
+    done = Task.objects.filter(priority__isnull=False).count()
+    assert run.status == "running"
+    assert 2_000 <= run.rows_done == done < 20_000
+    assert not Task.objects.filter(pk__lte=run.last_key, priority__isnull=True).exists()
+    assert not Task.objects.filter(pk__gt=run.last_key, priority__isnull=False).exists()
+
+    # when: the command runs again
+    out = StringIO()
+    call_command("backfill_priority", batch_size=500, no_progress=True, stdout=out)
+
+    # then: the same run carried on and finished, with the same reference date
+    resumed = BackfillRun.objects.get()
+    assert f"Resuming run #{run.pk} (reference date {run.reference_date})" in out.getvalue()
+    assert (resumed.status, resumed.rows_done) == ("succeeded", 20_000)
+    assert resumed.batches == 40
+    assert not Task.objects.filter(priority__isnull=True).exists()
+    assert_rule_applied_to(Task.objects.all(), run.reference_date)
+
+
+def test_concurrent_inserts_and_updates_leave_no_null_and_are_never_overwritten(expand_step):
+    # given: legacy rows, and application threads writing with their own connections
+    seed_legacy(15_000)
+    legacy_ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    stop = threading.Event()
+    chosen: list[int] = []  # rows the application gave a priority the rule would not
+    inserted: list[int] = []
+    errors: list[BaseException] = []
+
+    def old_code_writer() -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                now = timezone.now()
+                with connections["default"].cursor() as cursor:
+                    cursor.execute(
+                        "INSERT INTO tasks_task (title, description, status, created_at, "
+                        "updated_at) VALUES (%s, '', 'todo', %s, %s) RETURNING id",
+                        [f"old code {n}", now, now],
+                    )
+                    inserted.append(cursor.fetchone()[0])
+                Task.objects.filter(pk=legacy_ids[(n * 37) % len(legacy_ids)]).update(
+                    title=f"renamed {n}"
+                )
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def new_code_writer() -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                task_create(title=f"new code {n}")
+                pk = legacy_ids[(n * 7919) % len(legacy_ids)]
+                if Task.objects.filter(pk=pk, priority__isnull=True).update(
+                    priority="urgent", status="done"
+                ):
+                    chosen.append(pk)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    writers = [threading.Thread(target=old_code_writer), threading.Thread(target=new_code_writer)]
+    for writer in writers:
+        writer.start()
+    batches = 0
+
+    def on_batch(report) -> None:
+        nonlocal batches
+        batches += 1
+        if batches == 20:  # writers stop half-way; the run goes on past their last rows
+            stop.set()
+            for writer in writers:
+                writer.join()
+
+    # when
+    try:
+        run, result = backfill_priority(
+            task_model=Task,
+            run_model=BackfillRun,
+            using="default",
+            policy=BatchPolicy(batch_size=400, sleep=0.01),
+            on_batch=on_batch,
+        )
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+
+    # then
+    assert not errors
+    assert result.finished and batches > 20
+    assert len(inserted) > 20 and len(chosen) > 20
+    assert not Task.objects.filter(priority__isnull=True).exists()
+    assert set(Task.objects.filter(pk__in=chosen).values_list("priority", flat=True)) == {"urgent"}
+    assert_rule_applied_to(Task.objects.filter(pk__in=inserted), run.reference_date)
+
+
+def hold_row_lock(pk: int) -> psycopg.Connection:
+    """Another session that holds a row lock on task ``pk`` until it is rolled back."""
+    blocker = psycopg.connect(conninfo())
+    blocker.execute("SELECT id FROM tasks_task WHERE id = %s FOR UPDATE", [pk])
+    return blocker
+
+
+def test_a_lock_timeout_is_retried_then_stops_cleanly_and_resumes(expand_step):
+    # given: 30 legacy rows, the 15th locked by another session
+    seed_legacy(30)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    blocker = hold_row_lock(ids[14])
+    try:
+        # when
+        started = time.monotonic()
+        with pytest.raises(CommandError) as error:
+            call_command(
+                "backfill_priority",
+                batch_size=10,
+                lock_timeout=100,
+                max_retries=2,
+                no_progress=True,
+                stdout=StringIO(),
+            )
+        elapsed = time.monotonic() - started
+
+        # then: retried (waits of 0.5 s and 1 s), stopped, checkpoint intact after batch 1
+        run = BackfillRun.objects.get()
+        assert "lock timeout" in str(error.value)
+        assert "run the command again to resume" in str(error.value)
+        assert elapsed >= 1.5
+        assert (run.status, run.rows_done, run.batches, run.last_key) == ("failed", 10, 1, ids[9])
+        assert "attempt 3 of 3" in run.last_error
+        assert Task.objects.filter(priority__isnull=True).count() == 20
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    # when: the lock is gone and the command runs again
+    out = StringIO()
+    call_command("backfill_priority", batch_size=10, no_progress=True, stdout=out)
+
+    # then
+    run = BackfillRun.objects.get()
+    assert f"Resuming run #{run.pk}" in out.getvalue()
+    assert (run.status, run.rows_done) == ("succeeded", 30)
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_a_batch_that_waits_on_a_lock_succeeds_once_the_lock_is_released(expand_step):
+    seed_legacy(30)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    blocker = hold_row_lock(ids[25])
+    release = threading.Timer(0.6, blocker.rollback)
+    release.start()
+    attempts = []
+    try:
+        run, result = backfill_priority(
+            task_model=Task,
+            run_model=BackfillRun,
+            using="default",
+            policy=BatchPolicy(batch_size=10, lock_timeout_ms=100, backoff_seconds=0.2),
+            on_batch=lambda report: attempts.append(report.attempts),
+        )
+    finally:
+        release.join()
+        blocker.close()
+
+    assert result.finished
+    assert attempts[0] == 1 and attempts[2] > 1  # the third batch waited and was retried
+    assert not Task.objects.filter(priority__isnull=True).exists()
