@@ -1,0 +1,149 @@
+"""Backfill benchmark on PostgreSQL: `manage.py backfill_priority` against its baselines.
+
+    python benchmarks/backfill.py [--tasks 1000000] [--small 100000] [--batch-size 5000]
+
+Seeds --tasks legacy rows (priority NULL, at the expand step) once into a template database,
+then gives each variant its own copy (CREATE DATABASE ... TEMPLATE), so all start from the same
+state: one single UPDATE (the physical limit), the command with --sleep 0 as a whole process,
+and Django's bulk_update in keyset batches of 1,000. Also reports the command's per-batch
+durations (p50/p99/max, from -v2) and its peak memory at --small and --tasks rows. Writes
+docs/benchmarks.md.
+"""
+
+import argparse
+import re
+import statistics
+import sys
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    database_url,
+    manage,
+    run,
+    scratch_database,
+    server_url,
+    write_section,
+)
+
+
+def prepare_template(name: str, tasks: int) -> None:
+    """A database at the expand step holding ``tasks`` legacy rows, analysed and vacuumed."""
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    env = {"DATABASE_URL": database_url(name)}
+    for app in ("contenttypes", "auth", "admin", "sessions"):
+        run(manage("migrate", app, "-v0"), env_extra=env)
+    run(manage("migrate", "tasks", "0002_priority_expand", "-v0"), env_extra=env)
+    run(
+        manage("seed", f"--tasks={tasks}", "--seed=1", "--without-priority", "--no-progress"),
+        env_extra=env,
+    )
+    with psycopg.connect(database_url(name), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE tasks_task")
+
+
+@contextmanager
+def copy_of(template: str, name: str):
+    """A fresh copy of ``template`` named ``name``, dropped afterwards."""
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield {"DATABASE_URL": database_url(name)}
+    finally:
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def variant(template: str, name: str) -> tuple[int, float]:
+    with copy_of(template, "taskproj_bench_variant") as env:
+        _, _, out = run([sys.executable, "benchmarks/backfill_variants.py", name], env_extra=env)
+    rows, seconds = out.split()
+    return int(rows), float(seconds)
+
+
+def command(template: str, batch_size: int) -> tuple[float, int, list[float], str]:
+    """Wall seconds, peak RSS (KiB), per-batch ms and output of the whole command process."""
+    with copy_of(template, "taskproj_bench_command") as env:
+        seconds, peak, out = run(
+            manage(
+                "backfill_priority",
+                f"--batch-size={batch_size}",
+                "--sleep=0",
+                "--no-progress",
+                "-v2",
+            ),
+            env_extra=env,
+        )
+    batch_ms = [float(ms) for ms in re.findall(r"rows in (\d+) ms", out)]
+    return seconds, peak, batch_ms, out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=5_000)
+    args = parser.parse_args()
+
+    big, small = "taskproj_bench_tpl_big", "taskproj_bench_tpl_small"
+    prepare_template(big, args.tasks)
+    prepare_template(small, args.small)
+    try:
+        single_rows, single_seconds = variant(big, "single-update")
+        cmd_seconds, cmd_peak, batch_ms, out = command(big, args.batch_size)
+        bulk_rows, bulk_seconds = variant(big, "bulk-update")
+        _, small_peak, _, _ = command(small, args.batch_size)
+    finally:
+        for name in (big, small):
+            with scratch_database(name):
+                pass
+
+    assert single_rows == bulk_rows == args.tasks, (single_rows, bulk_rows)
+    assert "NULL rows left: 0" in out, out[-500:]
+    single_rate = args.tasks / single_seconds
+    cmd_rate = args.tasks / cmd_seconds
+    bulk_rate = args.tasks / bulk_seconds
+    lines = [
+        "## Backfill (PostgreSQL)",
+        "",
+        f"Command: `python benchmarks/backfill.py --tasks {args.tasks} --small {args.small} "
+        f"--batch-size {args.batch_size}` ({datetime.now(UTC):%Y-%m-%d}, 2 cores). "
+        f"{args.tasks:,} legacy rows (priority NULL) at the expand step; every variant starts "
+        "from its own copy of the same template database.",
+        "",
+        "| variant | rows | seconds | rows/s | command ÷ variant |",
+        "|---|---:|---:|---:|---:|",
+        f"| one `UPDATE … SET priority = <rule> WHERE priority IS NULL` (statement only) | "
+        f"{single_rows:,} | {single_seconds:.1f} | {single_rate:,.0f} | "
+        f"**{cmd_rate / single_rate:.2f}×** (target ≥ 0.8×) |",
+        f"| `manage.py backfill_priority --sleep 0` (whole process, batch {args.batch_size:,}) | "
+        f"{args.tasks:,} | {cmd_seconds:.1f} | {cmd_rate:,.0f} | 1.00× |",
+        f"| `bulk_update` in keyset batches of 1,000 | {bulk_rows:,} | {bulk_seconds:.1f} | "
+        f"{bulk_rate:,.0f} | **{cmd_rate / bulk_rate:.1f}×** (target ≥ 20×) |",
+        "",
+        f"- Batch duration at batch size {args.batch_size:,} ({len(batch_ms)} batches): "
+        f"p50 {statistics.median(batch_ms):.0f} ms, **p99 {percentile(batch_ms, 99):.0f} ms** "
+        f"(target ≤ 100 ms), max {max(batch_ms):.0f} ms.",
+        f"- Peak memory of the command: {cmd_peak / 1024:.0f} MiB at {args.tasks:,} rows, "
+        f"{small_peak / 1024:.0f} MiB at {args.small:,} rows: **{cmd_peak / small_peak:.2f}×** "
+        "(target within 1.10×).",
+    ]
+    report = "\n".join(lines)
+    write_section("backfill", report)
+    sys.stdout.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
