@@ -1,6 +1,6 @@
 """Backfill benchmark on PostgreSQL: `manage.py backfill_priority` against its baselines.
 
-    python benchmarks/backfill.py [--tasks 1000000] [--small 100000] [--batch-size 5000]
+    python benchmarks/backfill.py [--tasks 1000000] [--small 100000] [--batch-size N]
 
 Seeds --tasks legacy rows (priority NULL, at the expand step) once into a template database,
 then gives each variant its own copy (CREATE DATABASE ... TEMPLATE), so all start from the same
@@ -30,6 +30,7 @@ from benchmarks.common import (  # noqa: E402
     server_url,
     write_section,
 )
+from tasks.backfill import BatchPolicy  # noqa: E402
 
 
 def prepare_template(name: str, tasks: int) -> None:
@@ -69,17 +70,12 @@ def variant(template: str, name: str) -> tuple[int, float]:
     return int(rows), float(seconds)
 
 
-def command(template: str, batch_size: int) -> tuple[float, int, list[float], str]:
+def command(template: str, batch_size: int | None) -> tuple[float, int, list[float], str]:
     """Wall seconds, peak RSS (KiB), per-batch ms and output of the whole command process."""
+    size = [] if batch_size is None else [f"--batch-size={batch_size}"]
     with copy_of(template, "taskproj_bench_command") as env:
         seconds, peak, out = run(
-            manage(
-                "backfill_priority",
-                f"--batch-size={batch_size}",
-                "--sleep=0",
-                "--no-progress",
-                "-v2",
-            ),
+            manage("backfill_priority", *size, "--sleep=0", "--no-progress", "-v2"),
             env_extra=env,
         )
     batch_ms = [float(ms) for ms in re.findall(r"rows in (\d+) ms", out)]
@@ -94,8 +90,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=5_000)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the command's own default"
+    )
     args = parser.parse_args()
+    batch_size = args.batch_size or BatchPolicy().batch_size
 
     big, small = "taskproj_bench_tpl_big", "taskproj_bench_tpl_small"
     prepare_template(big, args.tasks)
@@ -118,8 +117,9 @@ def main() -> None:
     lines = [
         "## Backfill (PostgreSQL)",
         "",
-        f"Command: `python benchmarks/backfill.py --tasks {args.tasks} --small {args.small} "
-        f"--batch-size {args.batch_size}` ({datetime.now(UTC):%Y-%m-%d}, 2 cores). "
+        f"Command: `python benchmarks/backfill.py --tasks {args.tasks} --small {args.small}"
+        + (f" --batch-size {args.batch_size}" if args.batch_size else "")
+        + f"` ({datetime.now(UTC):%Y-%m-%d}, 2 cores). "
         f"{args.tasks:,} legacy rows (priority NULL) at the expand step; every variant starts "
         "from its own copy of the same template database.",
         "",
@@ -128,12 +128,14 @@ def main() -> None:
         f"| one `UPDATE … SET priority = <rule> WHERE priority IS NULL` (statement only) | "
         f"{single_rows:,} | {single_seconds:.1f} | {single_rate:,.0f} | "
         f"**{cmd_rate / single_rate:.2f}×** (target ≥ 0.8×) |",
-        f"| `manage.py backfill_priority --sleep 0` (whole process, batch {args.batch_size:,}) | "
+        f"| `manage.py backfill_priority --sleep 0` (whole process, batch {batch_size:,}) | "
         f"{args.tasks:,} | {cmd_seconds:.1f} | {cmd_rate:,.0f} | 1.00× |",
         f"| `bulk_update` in keyset batches of 1,000 | {bulk_rows:,} | {bulk_seconds:.1f} | "
         f"{bulk_rate:,.0f} | **{cmd_rate / bulk_rate:.1f}×** (target ≥ 20×) |",
         "",
-        f"- Batch duration at batch size {args.batch_size:,} ({len(batch_ms)} batches): "
+        f"- Batch duration at batch size {batch_size:,}"
+        + (" (the default)" if args.batch_size is None else "")
+        + f" ({len(batch_ms)} batches): "
         f"p50 {statistics.median(batch_ms):.0f} ms, **p99 {percentile(batch_ms, 99):.0f} ms** "
         f"(target ≤ 100 ms), max {max(batch_ms):.0f} ms.",
         f"- Peak memory of the command: {cmd_peak / 1024:.0f} MiB at {args.tasks:,} rows, "

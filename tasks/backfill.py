@@ -46,13 +46,13 @@ class Backfill:
 class BatchPolicy:
     """How hard a backfill may push: batch size, pauses, timeouts and retries."""
 
-    batch_size: int = 5_000
+    batch_size: int = 3_000
     sleep: float = 0.0
     max_batches: int | None = None
     # Row locks taken by the UPDATE are held until the batch commits; if it must wait for a row
     # an application transaction holds, it gives up after lock_timeout rather than stall others.
     lock_timeout_ms: int = 1_000
-    # A default-size batch takes ~100 ms; anything near this limit is pathological.
+    # A default-size batch takes ~50-80 ms; anything near this limit is pathological.
     statement_timeout_ms: int = 15_000
     max_retries: int = 5
     backoff_seconds: float = 0.5
@@ -215,8 +215,13 @@ def is_retryable(error: DatabaseError) -> bool:
     return "database is locked" in str(error)
 
 
-def _apply_timeouts(policy: BatchPolicy, using: str) -> None:
-    """Bound this transaction's lock waits and statement time (PostgreSQL only)."""
+def _configure_batch(policy: BatchPolicy, using: str) -> None:
+    """Bound this transaction's lock waits and statement time (PostgreSQL only).
+
+    Also turns off synchronous_commit for the batch: the batch and its checkpoint commit
+    together, so a crash can only lose both at once and the run resumes before them; the
+    saving is one WAL flush wait per batch.
+    """
     connection = connections[using]
     if connection.vendor != "postgresql":
         return
@@ -224,7 +229,8 @@ def _apply_timeouts(policy: BatchPolicy, using: str) -> None:
         # set_config(..., is_local => true) is SET LOCAL: it ends with the transaction.
         cursor.execute(
             "SELECT set_config('lock_timeout', %s, true), "
-            "set_config('statement_timeout', %s, true)",
+            "set_config('statement_timeout', %s, true), "
+            "set_config('synchronous_commit', 'off', true)",
             [f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"],
         )
 
@@ -234,7 +240,7 @@ def _run_batch(
 ) -> tuple[int, Any] | None:
     """One batch in one transaction: find its upper key, UPDATE, checkpoint. None when done."""
     with transaction.atomic(using=using):
-        _apply_timeouts(policy, using)
+        _configure_batch(policy, using)
         pending = backfill.queryset(using)
         if checkpoint.last_key is not None:
             pending = pending.filter(**{f"{backfill.key}__gt": checkpoint.last_key})

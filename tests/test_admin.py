@@ -158,5 +158,5 @@ def test_the_default_ordering_is_served_by_an_index_on_postgresql(demo_data):
         cursor.execute("EXPLAIN " + sql, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
-    assert "tasks_task_created_id_idx" in plan
+    assert "tasks_task_pkey" in plan
     assert "Sort" not in plan

@@ -80,9 +80,8 @@ class Migration(migrations.Migration):
                 ),
             ],
             options={
-                "ordering": ["-created_at", "-id"],
+                "ordering": ["-id"],
                 "indexes": [
-                    models.Index(fields=["created_at", "id"], name="tasks_task_created_id_idx"),
                     models.Index(fields=["due_date"], name="tasks_task_due_date_idx"),
                 ],
             },
