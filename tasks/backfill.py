@@ -25,6 +25,8 @@ from django.utils import timezone
 # (statement_timeout), deadlock_detected, serialization_failure.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
 RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
+# A run in one of these states is resumed by the next invocation (see BackfillRun).
+OPEN_STATUSES = ("running", "failed")
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,7 @@ def open_run(
     """
     manager = run_model._default_manager.db_manager(using)
     with transaction.atomic(using=using):
-        current = (
-            manager.select_for_update()
-            .filter(name=name, status__in=["running", "failed"])
-            .order_by("-pk")
-            .first()
-        )
+        current = find_open_run(run_model, name=name, using=using, for_update=True)
         if current is not None and not restart:
             manager.filter(pk=current.pk).update(status="running", updated_at=timezone.now())
             current.refresh_from_db(using=using)
@@ -165,14 +162,14 @@ def open_run(
         return run, False
 
 
-def find_open_run(run_model: type[models.Model], *, name: str, using: str) -> models.Model | None:
+def find_open_run(
+    run_model: type[models.Model], *, name: str, using: str, for_update: bool = False
+) -> models.Model | None:
     """The open (running or failed) run of backfill ``name``, if any."""
-    return (
-        run_model._default_manager.using(using)
-        .filter(name=name, status__in=["running", "failed"])
-        .order_by("-pk")
-        .first()
-    )
+    runs = run_model._default_manager.using(using)
+    if for_update:
+        runs = runs.select_for_update()
+    return runs.filter(name=name, status__in=OPEN_STATUSES).order_by("-pk").first()
 
 
 def column_state(model: type[models.Model], field_name: str, *, using: str) -> str:
@@ -244,7 +241,8 @@ def _run_batch(
         pending = backfill.queryset(using)
         if checkpoint.last_key is not None:
             pending = pending.filter(**{f"{backfill.key}__gt": checkpoint.last_key})
-        # Keyset: the batch ends at the batch_size-th pending key after the checkpoint.
+        # Keyset: the batch ends at the batch_size-th pending key after the checkpoint, so a
+        # sparse backfill (a catch-up of a few rows) is one batch, not a walk of the table.
         upper = (
             pending.order_by(backfill.key)
             .values(backfill.key)[: policy.batch_size]

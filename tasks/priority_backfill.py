@@ -85,3 +85,16 @@ def backfill_priority(
         plan.backfill, policy, RunCheckpoint(run, using=using), using=using, on_batch=on_batch
     )
     return run, result
+
+
+def backfill_priority_in_migration(apps, schema_editor) -> None:
+    """RunPython entry point for the data (0003) and contract (0004) migrations.
+
+    Uses the historical models, so it keeps working when the current models move on.
+    """
+    backfill_priority(
+        task_model=apps.get_model("tasks", "Task"),
+        run_model=apps.get_model("tasks", "BackfillRun"),
+        using=schema_editor.connection.alias,
+        policy=BatchPolicy(),
+    )

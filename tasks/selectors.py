@@ -6,27 +6,21 @@ from tasks.models import Task
 from tasks.priority import Priority
 
 
+def _counts_by(field: str, *, using: str) -> dict:
+    """Number of tasks per value of ``field`` (one GROUP BY)."""
+    rows = Task.objects.using(using).order_by().values_list(field).annotate(n=Count("pk"))
+    return dict(rows.values_list(field, "n"))
+
+
 def task_counts_by_status(*, using: str) -> dict[str, int]:
     """Number of tasks per status, every status present (zero when none)."""
-    counts = dict(
-        Task.objects.using(using)
-        .order_by()
-        .values_list("status")
-        .annotate(n=Count("pk"))
-        .values_list("status", "n")
-    )
+    counts = _counts_by("status", using=using)
     return {status: counts.get(status, 0) for status in Task.Status.values}
 
 
 def task_counts_by_priority(*, using: str) -> dict[str | None, int]:
     """Number of tasks per priority, most pressing first; None counts rows not backfilled yet."""
-    counts = dict(
-        Task.objects.using(using)
-        .order_by()
-        .values_list("priority")
-        .annotate(n=Count("pk"))
-        .values_list("priority", "n")
-    )
+    counts = _counts_by("priority", using=using)
     ordered = {value: counts.get(value, 0) for value in reversed(Priority.values)}
     ordered[None] = counts.get(None, 0)
     return ordered

@@ -8,17 +8,7 @@ that no NULL is left runs.
 
 from django.db import migrations
 
-
-def finish_priority_backfill(apps, schema_editor):
-    from tasks.backfill import BatchPolicy
-    from tasks.priority_backfill import backfill_priority
-
-    backfill_priority(
-        task_model=apps.get_model("tasks", "Task"),
-        run_model=apps.get_model("tasks", "BackfillRun"),
-        using=schema_editor.connection.alias,
-        policy=BatchPolicy(),
-    )
+import tasks.priority_backfill
 
 
 class Migration(migrations.Migration):
@@ -31,5 +21,7 @@ class Migration(migrations.Migration):
     operations = [
         # Reversing keeps the filled values: they are valid in the expand state, and erasing
         # them would only force the backfill to be redone.
-        migrations.RunPython(finish_priority_backfill, migrations.RunPython.noop),
+        migrations.RunPython(
+            tasks.priority_backfill.backfill_priority_in_migration, migrations.RunPython.noop
+        ),
     ]

@@ -15,21 +15,10 @@ Not atomic: each step commits on its own and releases its lock at once.
 from django.db import migrations, models
 
 import tasks.migration_operations
+import tasks.priority_backfill
 
 PRIORITY_CHOICES = [("low", "Low"), ("medium", "Medium"), ("high", "High"), ("urgent", "Urgent")]
 HELP_TEXT = "Leave empty to derive it from the status and due date."
-
-
-def catch_up_priority_backfill(apps, schema_editor):
-    from tasks.backfill import BatchPolicy
-    from tasks.priority_backfill import backfill_priority
-
-    backfill_priority(
-        task_model=apps.get_model("tasks", "Task"),
-        run_model=apps.get_model("tasks", "BackfillRun"),
-        using=schema_editor.connection.alias,
-        policy=BatchPolicy(),
-    )
 
 
 class Migration(migrations.Migration):
@@ -53,7 +42,9 @@ class Migration(migrations.Migration):
             ),
         ),
         # Reversing keeps the filled values (valid in every earlier state).
-        migrations.RunPython(catch_up_priority_backfill, migrations.RunPython.noop),
+        migrations.RunPython(
+            tasks.priority_backfill.backfill_priority_in_migration, migrations.RunPython.noop
+        ),
         tasks.migration_operations.AlterFieldSetNotNull(
             model_name="task",
             name="priority",
