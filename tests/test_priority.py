@@ -38,13 +38,15 @@ def test_priority_values_are_stored_as_plain_strings():
 
 
 statuses = st.sampled_from(Task.Status.values)
-due_dates = st.one_of(st.none(), st.integers(min_value=-40, max_value=40))
+# Day offsets from the reference date: anywhere near it, and every edge of the rule.
+EDGES = [-1, 0, 1, 3, 4, 14, 15]
+due_dates = st.one_of(st.none(), st.sampled_from(EDGES), st.integers(min_value=-40, max_value=40))
 task_shapes = st.lists(st.tuples(statuses, due_dates), min_size=1, max_size=25)
 
 
 @pytest.mark.django_db
 @settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -137,3 +139,31 @@ def test_bulk_create_derives_the_priority_too():
     )
 
     assert dict(Task.objects.values_list("title", "priority")) == {"late": "urgent", "given": "low"}
+
+
+@pytest.mark.django_db
+def test_the_database_expression_agrees_at_every_edge_of_the_rule():
+    # given: every status with no due date and with a due date on each edge of the rule
+    Task.objects.bulk_create(
+        Task(
+            title=f"{status} {offset}",
+            status=status,
+            due_date=None if offset is None else TODAY + offset * DAY,
+        )
+        for status in Task.Status.values
+        for offset in [None, -30, *EDGES, 40]
+    )
+    rule = PriorityRule(TODAY)
+
+    # when
+    rows = list(
+        Task.objects.annotate(by_database=rule.expression()).values_list(
+            "status", "due_date", "by_database"
+        )
+    )
+
+    # then
+    assert len(rows) == 4 * 10
+    assert [by_db for *_, by_db in rows] == [
+        rule.for_task(status=status, due_date=due_date) for status, due_date, _ in rows
+    ]
