@@ -1,6 +1,7 @@
 """Migration operations that keep PostgreSQL's long locks out of a live table's schema changes."""
 
-from django.db.migrations.operations import AlterField
+from django.contrib.postgres.operations import AddIndexConcurrently
+from django.db.migrations.operations import AddIndex, AlterField
 
 
 class AlterFieldSetNotNull(AlterField):
@@ -74,3 +75,49 @@ class AlterFieldSetNotNull(AlterField):
     @property
     def migration_name_fragment(self) -> str:
         return f"{self.model_name_lower}_{self.name_lower}_set_not_null"
+
+
+class AddIndexSafely(AddIndexConcurrently):
+    """Add an index without blocking writes: CREATE INDEX CONCURRENTLY on PostgreSQL.
+
+    A plain CREATE INDEX holds a SHARE lock for the whole build, so every INSERT, UPDATE and
+    DELETE on the table waits. CONCURRENTLY takes SHARE UPDATE EXCLUSIVE instead (writes go on)
+    at the price of two table scans, and cannot run in a transaction: use it in a non-atomic
+    migration. An interrupted concurrent build leaves an INVALID index behind, which a plain
+    retry would trip over ("already exists"); this operation drops such a leftover first, and
+    skips the build when a valid index of that name is already there. Other databases get an
+    ordinary CREATE INDEX.
+    """
+
+    def _existing_index_state(self, schema_editor) -> str | None:
+        """``"valid"``, ``"invalid"`` or None: what PostgreSQL has under the index's name."""
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+                [self.index.name],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return "valid" if row[0] else "invalid"
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+        self._ensure_not_in_transaction(schema_editor)
+        existing = self._existing_index_state(schema_editor)
+        if existing == "valid":
+            return
+        if existing == "invalid":
+            name = schema_editor.quote_name(self.index.name)
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+        super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+    def describe(self) -> str:
+        return f"Add index {self.index.name} on {self.model_name} without blocking writes"

@@ -102,6 +102,9 @@ class Task(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["due_date"], name="tasks_task_due_date_idx"),
+            # Serves the admin's priority filter (and due-date order within it). Added after the
+            # contract step, concurrently: migration 0005.
+            models.Index(fields=["priority", "due_date"], name="tasks_task_priority_due_idx"),
         ]
 
     def __str__(self) -> str:

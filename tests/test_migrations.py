@@ -12,12 +12,21 @@ from tasks.backfill import column_state
 from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
 
-STEPS = ["0001_initial", "0002_priority_expand", "0003_priority_backfill", "0004_priority_contract"]
+STEPS = [
+    "0001_initial",
+    "0002_priority_expand",
+    "0003_priority_backfill",
+    "0004_priority_contract",
+    "0005_priority_index",
+]
+PRIORITY_INDEX = "tasks_task_priority_due_idx"
+# (the column, its database default, whether the priority index exists)
 EXPECTED = {
-    "0001_initial": ("missing", None),
-    "0002_priority_expand": ("nullable", None),
-    "0003_priority_backfill": ("nullable", None),
-    "0004_priority_contract": ("not null", "medium"),
+    "0001_initial": ("missing", None, False),
+    "0002_priority_expand": ("nullable", None, False),
+    "0003_priority_backfill": ("nullable", None, False),
+    "0004_priority_contract": ("not null", "medium", False),
+    "0005_priority_index": ("not null", "medium", True),
 }
 
 
@@ -50,8 +59,18 @@ def priority_default() -> str | None:
     return default.split("::")[0].strip("'")
 
 
-def schema() -> tuple[str, str | None]:
-    return column_state(Task, "priority", using="default"), priority_default()
+def has_priority_index() -> bool:
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "tasks_task")
+    return PRIORITY_INDEX in constraints
+
+
+def schema() -> tuple[str, str | None, bool]:
+    return (
+        column_state(Task, "priority", using="default"),
+        priority_default(),
+        has_priority_index(),
+    )
 
 
 def old_code_insert(title: str, status: str = "todo", due_date=None) -> None:
@@ -146,3 +165,40 @@ def test_the_data_migration_resumes_the_commands_open_run(migrator):
     run = BackfillRun.objects.get()
     assert (run.status, run.rows_done, run.batches) == ("succeeded", 6, 2)
     assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+@pytest.mark.postgres
+def test_the_index_is_built_concurrently_and_replaces_an_invalid_leftover(migrator):
+    # given: an interrupted concurrent build left an INVALID index of the same name
+    migrator("0004_priority_contract")
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE INDEX {PRIORITY_INDEX} ON tasks_task (priority, due_date)")
+        cursor.execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
+            [PRIORITY_INDEX],
+        )
+
+    # when
+    migrator("0005_priority_index")
+
+    # then: one valid index, rebuilt
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = %s",
+            [PRIORITY_INDEX],
+        )
+        assert cursor.fetchall() == [(True,)]
+
+
+@pytest.mark.postgres
+def test_the_index_migration_is_concurrent_and_outside_a_transaction(migrator):
+    from io import StringIO
+
+    migrator("0004_priority_contract")
+    out = StringIO()
+    call_command("sqlmigrate", "tasks", "0005_priority_index", stdout=out)
+
+    sql = out.getvalue()
+    assert f'CREATE INDEX CONCURRENTLY "{PRIORITY_INDEX}"' in sql
+    assert "BEGIN;" not in sql
