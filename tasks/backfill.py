@@ -12,8 +12,10 @@ historical, so migrations can use it), the column, the value expression and the 
 """
 
 import datetime
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +26,10 @@ from django.utils import timezone
 # SQLSTATEs worth retrying: lock_not_available (lock_timeout), query_canceled
 # (statement_timeout), deadlock_detected, serialization_failure.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
+logger = logging.getLogger(__name__)
+# Walks of the whole key range per call: the first, plus passes for rows that became visible
+# behind the walk.
+MAX_PASSES = 3
 RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
 # A run in one of these states is resumed by the next invocation (see BackfillRun).
 OPEN_STATUSES = ("running", "failed")
@@ -94,6 +100,38 @@ class BackfillFailed(Exception):
     """A batch kept failing after its retries; the checkpoint still marks the last good batch."""
 
 
+class BackfillBusy(Exception):
+    """Another process is running the same backfill."""
+
+
+@contextmanager
+def exclusive_run(name: str, *, using: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock on backfill ``name`` for as long as the block runs.
+
+    Two processes working on the same run would fight over row locks and over the checkpoint
+    (moving ``last_key`` backwards); the second one is refused instead. The lock belongs to the
+    session, so a killed process releases it with its connection. SQLite has a single writer
+    and no such lock: run one backfill at a time there.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        yield
+        return
+    key = f"taskproj.backfill:{name}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
+        if not cursor.fetchone()[0]:
+            raise BackfillBusy(
+                f"another process is running backfill {name!r} on database {using!r}; "
+                "wait for it to finish or stop it, then run again"
+            )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+
+
 class Checkpoint(Protocol):
     """Where a run's progress is kept. ``record_batch`` runs inside the batch's transaction."""
 
@@ -104,6 +142,8 @@ class Checkpoint(Protocol):
     def record_failure(self, error: str) -> None: ...
 
     def record_success(self) -> None: ...
+
+    def rewind(self) -> None: ...
 
 
 class RunCheckpoint:
@@ -129,6 +169,10 @@ class RunCheckpoint:
 
     def record_success(self) -> None:
         self._update(status="succeeded", finished_at=timezone.now(), last_error="")
+
+    def rewind(self) -> None:
+        self._update(last_key=None)
+        self.last_key = None
 
 
 def open_run(
@@ -238,23 +282,32 @@ def _run_batch(
     """One batch in one transaction: find its upper key, UPDATE, checkpoint. None when done."""
     with transaction.atomic(using=using):
         _configure_batch(policy, using)
-        pending = backfill.queryset(using)
+        keys = backfill.model._default_manager.using(using)
         if checkpoint.last_key is not None:
-            pending = pending.filter(**{f"{backfill.key}__gt": checkpoint.last_key})
-        # Keyset: the batch ends at the batch_size-th pending key after the checkpoint, so a
-        # sparse backfill (a catch-up of a few rows) is one batch, not a walk of the table.
+            keys = keys.filter(**{f"{backfill.key}__gt": checkpoint.last_key})
+        # Keyset: the batch ends at the batch_size-th key after the checkpoint. Walking every
+        # key, not only pending ones, keeps each statement bounded by the batch size even when
+        # pending rows are sparse (a catch-up), and reads only the primary key's index.
         upper = (
-            pending.order_by(backfill.key)
+            keys.order_by(backfill.key)
             .values(backfill.key)[: policy.batch_size]
             .aggregate(upper=Max(backfill.key))["upper"]
         )
         if upper is None:
             return None
-        rows = pending.filter(**{f"{backfill.key}__lte": upper}).update(
+        rows = keys.filter(backfill.pending, **{f"{backfill.key}__lte": upper}).update(
             **{backfill.field: backfill.value}
         )
         checkpoint.record_batch(last_key=upper, rows=rows)
         return rows, upper
+
+
+def _record_failure(checkpoint: Checkpoint, message: str) -> None:
+    """Record ``message`` on the checkpoint; if even that fails, keep the original error."""
+    try:
+        checkpoint.record_failure(message)
+    except DatabaseError:
+        logger.exception("could not record the failure of a backfill batch")
 
 
 def run_backfill(
@@ -268,11 +321,16 @@ def run_backfill(
 ) -> BackfillResult:
     """Fill ``backfill`` batch by batch from ``checkpoint`` until done or ``max_batches``.
 
+    When the walk reaches the end it checks that no pending row is left: a row whose
+    transaction committed after the walk had passed its key (ids are handed out at INSERT, rows
+    become visible at COMMIT) sends it back to the start, at most ``MAX_PASSES`` times in all.
+
     Raises :class:`BackfillFailed` when a batch still fails after ``policy.max_retries``
     retries, after recording the error on the checkpoint.
     """
     result = BackfillResult()
     started = time.perf_counter()
+    passes = 1
     while policy.max_batches is None or result.batches < policy.max_batches:
         attempt = 0
         batch_started = time.perf_counter()
@@ -287,13 +345,19 @@ def run_backfill(
                         f"batch after key {checkpoint.last_key!r} failed "
                         f"(attempt {attempt} of {policy.max_retries + 1}): {error}".strip()
                     )
-                    checkpoint.record_failure(message)
+                    _record_failure(checkpoint, message)
                     raise BackfillFailed(message) from error
                 sleep(policy.backoff(attempt))
         if outcome is None:
-            checkpoint.record_success()
-            result.finished = True
-            break
+            if not backfill.queryset(using).exists():
+                checkpoint.record_success()
+                result.finished = True
+                break
+            if passes == MAX_PASSES:
+                break  # rows keep arriving: the run stays open for the next invocation
+            passes += 1
+            checkpoint.rewind()
+            continue
         rows, last_key = outcome
         seconds = time.perf_counter() - batch_started
         result.rows += rows

@@ -57,8 +57,14 @@ class AlterFieldSetNotNull(AlterField):
             f"ALTER TABLE {table} ADD CONSTRAINT {constraint} "
             f"CHECK ({column} IS NOT NULL) NOT VALID"
         )
-        schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
-        schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
+        try:
+            schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
+            schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
+        except Exception:
+            # Never leave the check behind: it would make every UPDATE of a row that is still
+            # NULL fail while the previous release is running.
+            schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
+            raise
         schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
@@ -89,13 +95,17 @@ class AddIndexSafely(AddIndexConcurrently):
     ordinary CREATE INDEX.
     """
 
-    def _existing_index_state(self, schema_editor) -> str | None:
-        """``"valid"``, ``"invalid"`` or None: what PostgreSQL has under the index's name."""
+    def _existing_index_state(self, schema_editor, model) -> str | None:
+        """``"valid"``, ``"invalid"`` or None: what PostgreSQL has under the index's name on
+        the model's table (None when only collecting SQL, as sqlmigrate does)."""
+        if schema_editor.collect_sql:
+            return None
         with schema_editor.connection.cursor() as cursor:
             cursor.execute(
                 "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
-                [self.index.name],
+                "WHERE c.relname = %s AND i.indrelid = %s::regclass "
+                "AND pg_table_is_visible(c.oid)",
+                [self.index.name, schema_editor.quote_name(model._meta.db_table)],
             )
             row = cursor.fetchone()
         if row is None:
@@ -106,7 +116,8 @@ class AddIndexSafely(AddIndexConcurrently):
         if schema_editor.connection.vendor != "postgresql":
             return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
         self._ensure_not_in_transaction(schema_editor)
-        existing = self._existing_index_state(schema_editor)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        existing = self._existing_index_state(schema_editor, model)
         if existing == "valid":
             return
         if existing == "invalid":

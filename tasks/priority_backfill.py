@@ -6,7 +6,6 @@ migration's catch-up (0004), which pass historical models.
 
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from django.db import models
 from django.db.models import Q
@@ -18,9 +17,10 @@ from tasks.backfill import (
     BatchPolicy,
     BatchReport,
     RunCheckpoint,
-    count_pending,
+    exclusive_run,
     find_open_run,
     open_run,
+    preview,
     run_backfill,
 )
 from tasks.priority import PriorityRule
@@ -28,31 +28,26 @@ from tasks.priority import PriorityRule
 PRIORITY_BACKFILL = "tasks.task.priority"
 
 
-@dataclass(frozen=True)
-class PriorityBackfillPlan:
-    """The backfill a run would do now: against the open run's reference date, or today's."""
-
-    backfill: Backfill
-    today: datetime.date
-    open_run: models.Model | None
-
-
-def plan_priority_backfill(
-    *, task_model: type[models.Model], run_model: type[models.Model], using: str, restart: bool
-) -> PriorityBackfillPlan:
-    """Plan the priority backfill; reads only."""
-    current = find_open_run(run_model, name=PRIORITY_BACKFILL, using=using)
-    if restart or current is None:
-        today = timezone.localdate()
-    else:
-        today = current.reference_date
-    backfill = Backfill(
+def priority_backfill(task_model: type[models.Model], today: datetime.date) -> Backfill:
+    """The backfill of NULL priorities by the rule, for reference date ``today``."""
+    return Backfill(
         model=task_model,
         field="priority",
         value=PriorityRule(today).expression(),
         pending=Q(priority__isnull=True),
     )
-    return PriorityBackfillPlan(backfill=backfill, today=today, open_run=current)
+
+
+def dry_run_priority_backfill(
+    *, task_model: type[models.Model], run_model: type[models.Model], using: str, restart: bool
+) -> tuple[datetime.date, dict[str, int]]:
+    """The reference date a run would use now, and how many NULL rows would get each priority.
+
+    Reads only: the open run's date unless ``restart``, else today.
+    """
+    current = None if restart else find_open_run(run_model, name=PRIORITY_BACKFILL, using=using)
+    today = current.reference_date if current is not None else timezone.localdate()
+    return today, preview(priority_backfill(task_model, today), using=using)
 
 
 def backfill_priority(
@@ -68,23 +63,22 @@ def backfill_priority(
     """Fill NULL priorities batch by batch, resuming the open run unless ``restart``.
 
     Returns the run (None when there was nothing to do and no run to resume) and what this
-    call did. ``on_start`` is told the run, whether it resumed, and the rows pending.
+    call did. ``on_start`` is told the run, whether it resumed, and the rows pending. Raises
+    :class:`~tasks.backfill.BackfillBusy` if another process is running it.
     """
-    plan = plan_priority_backfill(
-        task_model=task_model, run_model=run_model, using=using, restart=restart
-    )
-    pending = count_pending(plan.backfill, using=using)
-    if pending == 0 and plan.open_run is None:
-        return None, BackfillResult(finished=True)
-    run, resumed = open_run(
-        run_model, name=PRIORITY_BACKFILL, using=using, restart=restart, today=plan.today
-    )
-    if on_start is not None:
-        on_start(run, resumed, pending)
-    result = run_backfill(
-        plan.backfill, policy, RunCheckpoint(run, using=using), using=using, on_batch=on_batch
-    )
-    return run, result
+    with exclusive_run(PRIORITY_BACKFILL, using=using):
+        pending = task_model._default_manager.using(using).filter(priority__isnull=True).count()
+        if pending == 0 and find_open_run(run_model, name=PRIORITY_BACKFILL, using=using) is None:
+            return None, BackfillResult(finished=True)
+        run, resumed = open_run(run_model, name=PRIORITY_BACKFILL, using=using, restart=restart)
+        if on_start is not None:
+            on_start(run, resumed, pending)
+        # The run's own date: a resumed run computes every row against the day it started.
+        backfill = priority_backfill(task_model, run.reference_date)
+        result = run_backfill(
+            backfill, policy, RunCheckpoint(run, using=using), using=using, on_batch=on_batch
+        )
+        return run, result
 
 
 def backfill_priority_in_migration(apps, schema_editor) -> None:

@@ -26,7 +26,8 @@ def postgres_unreachable_reason() -> str | None:
             port=db.get("PORT") or None,
             user=db.get("USER") or None,
             password=db.get("PASSWORD") or None,
-            dbname=db.get("NAME") or "postgres",
+            # The server's maintenance database: the one Django connects to to create test_<NAME>.
+            dbname="postgres",
             connect_timeout=3,
         ).close()
     except psycopg.Error as exc:

@@ -16,6 +16,7 @@ from django.utils import timezone
 from tasks.backfill import Backfill, BatchPolicy, RunCheckpoint, open_run, run_backfill
 from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
+from tasks.priority_backfill import backfill_priority
 from tests.helpers import create_legacy_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +139,7 @@ def test_a_stopped_run_resumes_with_its_own_reference_date(expand_step):
 
     # then: same run, and the remaining rows were computed against its date
     run.refresh_from_db()
-    assert "stopped after --max-batches" in first
+    assert "is not finished (stopped by --max-batches" in first
     assert f"Resuming run #{run.pk} (reference date {earlier})" in second
     assert (run.status, run.rows_done, run.batches) == ("succeeded", 10, 3)
     rule = PriorityRule(earlier)
@@ -282,3 +283,42 @@ def test_admin_lists_and_filters_rows_not_backfilled_yet(expand_step, client):
     assert shown == ["urgent", None, None, None]
     assert len(not_set.context["cl"].result_list) == 3
     assert [t.title for t in urgent.context["cl"].result_list] == ["set"]
+
+
+def test_rows_that_appear_behind_the_walk_are_caught_by_another_pass(expand_step):
+    # given: a row behind the checkpoint turns NULL mid-run, as a row whose INSERT committed
+    # after the walk passed its id would
+    legacy_tasks(12)
+    first_id = Task.objects.order_by("pk").values_list("pk", flat=True)[0]
+    reopened = []
+
+    def reopen_a_row_behind(report) -> None:
+        if not reopened:
+            Task.objects.filter(pk=first_id).update(priority=None)
+            reopened.append(first_id)
+
+    # when
+    run, result = backfill_priority(
+        task_model=Task,
+        run_model=BackfillRun,
+        using="default",
+        policy=BatchPolicy(batch_size=5),
+        on_batch=reopen_a_row_behind,
+    )
+
+    # then
+    run.refresh_from_db()
+    assert result.finished and run.status == "succeeded"
+    assert nulls() == 0
+    assert run.rows_done == 13  # 12 + the one that came back
+
+
+def test_verbosity_0_prints_nothing(expand_step):
+    legacy_tasks(3)
+    out = StringIO()
+
+    call_command("backfill_priority", no_progress=True, verbosity=0, stdout=out)
+    call_command("backfill_priority", no_progress=True, verbosity=0, stdout=out)
+
+    assert out.getvalue() == ""
+    assert nulls() == 0

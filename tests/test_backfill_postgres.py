@@ -259,3 +259,43 @@ def test_a_batch_that_waits_on_a_lock_succeeds_once_the_lock_is_released(expand_
     assert result.finished
     assert attempts[0] == 1 and attempts[2] > 1  # the third batch waited and was retried
     assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_a_second_process_is_refused_while_a_run_is_in_progress(expand_step):
+    # given: another session holds the run's lock (as a running backfill process does)
+    seed_legacy(20)
+    holder = psycopg.connect(conninfo(), autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(hashtext('taskproj.backfill:tasks.task.priority'))")
+    try:
+        # when
+        with pytest.raises(CommandError, match="another process is running backfill"):
+            call_command("backfill_priority", no_progress=True, stdout=StringIO())
+
+        # then
+        assert not BackfillRun.objects.exists()
+        assert Task.objects.filter(priority__isnull=True).count() == 20
+    finally:
+        holder.close()
+
+    call_command("backfill_priority", no_progress=True, stdout=StringIO())
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_batch_settings_do_not_leak_into_the_session(expand_step):
+    seed_legacy(10)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        before = cursor.fetchone()[0]
+
+    backfill_priority(
+        task_model=Task,
+        run_model=BackfillRun,
+        using="default",
+        policy=BatchPolicy(batch_size=4, lock_timeout_ms=123),
+    )
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone()[0] == before
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from tasks.backfill import column_state
@@ -202,3 +202,64 @@ def test_the_index_migration_is_concurrent_and_outside_a_transaction(migrator):
     sql = out.getvalue()
     assert f'CREATE INDEX CONCURRENTLY "{PRIORITY_INDEX}"' in sql
     assert "BEGIN;" not in sql
+
+
+@pytest.mark.postgres
+def test_the_contract_step_follows_the_safe_recipe_on_postgresql(migrator):
+    # given: a legacy row the catch-up has to fill
+    migrator("0003_priority_backfill")
+    old_code_insert("straggler")
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    # when
+    with connection.execute_wrapper(record):
+        migrator("0004_priority_contract")
+
+    # then: default, catch-up, NOT VALID check, VALIDATE, SET NOT NULL, drop the check
+    def first(fragment: str) -> int:
+        return next(i for i, sql in enumerate(statements) if fragment in sql)
+
+    def last(fragment: str) -> int:
+        return max(i for i, sql in enumerate(statements) if fragment in sql)
+
+    order = [
+        first("SET DEFAULT 'medium'"),
+        first('UPDATE "tasks_task" SET "priority"'),
+        first("NOT VALID"),
+        first("VALIDATE CONSTRAINT"),
+        first("SET NOT NULL"),
+        last("DROP CONSTRAINT"),
+    ]
+    assert order == sorted(order)
+    assert priority_of("straggler") == "medium"  # todo, no due date: by the rule
+
+
+@pytest.mark.postgres
+def test_a_failed_validation_leaves_no_check_constraint_behind(migrator):
+    # given: the state just before NOT NULL, with a NULL row the catch-up did not see
+    from django.db.migrations.loader import MigrationLoader
+
+    migrator("0003_priority_backfill")
+    old_code_insert("still null")
+    loader = MigrationLoader(connection)
+    contract = loader.get_migration("tasks", "0004_priority_contract")
+    from_state = loader.project_state(("tasks", "0003_priority_backfill"))
+    contract.operations[0].state_forwards("tasks", from_state)  # the default
+    set_not_null = contract.operations[2]
+    to_state = from_state.clone()
+    set_not_null.state_forwards("tasks", to_state)
+
+    # when
+    with pytest.raises(IntegrityError):
+        with connection.schema_editor(atomic=False) as editor:
+            set_not_null.database_forwards("tasks", editor, from_state, to_state)
+
+    # then: still nullable, and no check left to break the old code's updates
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, "tasks_task")
+    assert not [name for name in constraints if name.endswith("_notnull")]
+    assert column_state(Task, "priority", using="default") == "nullable"

@@ -1,12 +1,13 @@
 """manage.py backfill_priority: fill NULL priorities in batches, resumably, gently."""
 
 from django.core.management.base import CommandError, CommandParser
+from django.db import DatabaseError
 
-from tasks.backfill import BackfillFailed, BatchPolicy, BatchReport, column_state, preview
+from tasks.backfill import BackfillBusy, BackfillFailed, BatchPolicy, BatchReport, column_state
 from tasks.management.base import ProjectCommand
 from tasks.models import BackfillRun, Task
 from tasks.priority import Priority
-from tasks.priority_backfill import backfill_priority, plan_priority_backfill
+from tasks.priority_backfill import backfill_priority, dry_run_priority_backfill
 
 DEFAULTS = BatchPolicy()
 MAX_BATCH_SIZE = 100_000
@@ -78,10 +79,11 @@ class Command(ProjectCommand):
                 f"step first: manage.py migrate tasks 0002_priority_expand --database {using}"
             )
         if state == "not null":
-            self.stdout.write(
-                "priority is already NOT NULL (the contract migration 0004 is applied): "
-                "there is nothing to backfill."
-            )
+            if verbosity >= 1:
+                self.stdout.write(
+                    "priority is already NOT NULL (the contract migration 0004 is applied): "
+                    "there is nothing to backfill."
+                )
             return
 
         if options["dry_run"]:
@@ -124,25 +126,34 @@ class Command(ProjectCommand):
                 f"Backfill stopped: {exc}. The checkpoint is kept; run the command again to "
                 "resume (consider a larger --lock-timeout or running off-peak)."
             ) from exc
+        except BackfillBusy as exc:
+            raise CommandError(f"Not started: {exc}.") from exc
+        except DatabaseError as exc:
+            raise CommandError(
+                f"Backfill stopped by a database error: {exc}. Every committed batch is "
+                "checkpointed; once the database is reachable, run the command again to resume."
+            ) from exc
 
-        left = Task.objects.using(using).filter(priority__isnull=True).count()
+        if verbosity < 1:
+            return
         if run is None:
             self.stdout.write(
                 self.style.SUCCESS("Nothing to backfill: no task has a NULL priority.")
             )
             return
-        if verbosity >= 1:
-            self.stdout.write(
-                f"Updated {result.rows:,} rows in {result.batches:,} batches, "
-                f"{result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s); "
-                f"NULL rows left: {left:,}."
-            )
+        left = Task.objects.using(using).filter(priority__isnull=True).count()
+        self.stdout.write(
+            f"Updated {result.rows:,} rows in {result.batches:,} batches, "
+            f"{result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s); "
+            f"NULL rows left: {left:,}."
+        )
         if result.finished:
             self.stdout.write(self.style.SUCCESS(f"Run #{run.pk} succeeded."))
         else:
             self.stdout.write(
                 self.style.NOTICE(
-                    f"Run #{run.pk} stopped after --max-batches; run the command again to resume."
+                    f"Run #{run.pk} is not finished (stopped by --max-batches, or rows kept "
+                    "arriving behind it); run the command again to resume."
                 )
             )
 
@@ -172,13 +183,12 @@ class Command(ProjectCommand):
 
     def dry_run(self, *, using: str, restart: bool) -> None:
         """Print how many NULL rows would get each priority."""
-        plan = plan_priority_backfill(
+        today, counts = dry_run_priority_backfill(
             task_model=Task, run_model=BackfillRun, using=using, restart=restart
         )
-        counts = preview(plan.backfill, using=using)
         self.stdout.write(
             self.style.MIGRATE_HEADING(
-                f"Dry run (reference date {plan.today}): rows that would get each priority"
+                f"Dry run (reference date {today}): rows that would get each priority"
             )
         )
         for value, label in reversed(Priority.choices):
