@@ -148,3 +148,14 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
 }
+
+# Bounded lock waits for `manage.py migrate` on PostgreSQL (tasks/management/commands/migrate.py).
+# A DDL statement waiting for its lock makes every later query on the table queue behind it:
+# give up after MIGRATION_LOCK_TIMEOUT_MS, wait, retry MIGRATION_LOCK_RETRIES times.
+MIGRATION_LOCK_TIMEOUT_MS = env_int("MIGRATION_LOCK_TIMEOUT_MS", 2_000)
+# For DDL that must be instant; statements meant to scan (VALIDATE CONSTRAINT, CREATE INDEX
+# CONCURRENTLY, backfills) lift it themselves.
+MIGRATION_STATEMENT_TIMEOUT_MS = env_int("MIGRATION_STATEMENT_TIMEOUT_MS", 10_000)
+MIGRATION_LOCK_RETRIES = env_int("MIGRATION_LOCK_RETRIES", 5)
+MIGRATION_RETRY_MIN_WAIT_MS = env_int("MIGRATION_RETRY_MIN_WAIT_MS", 1_000)
+MIGRATION_RETRY_MAX_WAIT_MS = env_int("MIGRATION_RETRY_MAX_WAIT_MS", 10_000)

@@ -3,6 +3,8 @@
 from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db.migrations.operations import AddIndex, AlterField
 
+from tasks.migration_safety import without_statement_timeout
+
 
 class AlterFieldSetNotNull(AlterField):
     """Make a column NOT NULL without scanning the table under ACCESS EXCLUSIVE (PostgreSQL).
@@ -58,7 +60,8 @@ class AlterFieldSetNotNull(AlterField):
             f"CHECK ({column} IS NOT NULL) NOT VALID"
         )
         try:
-            schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
+            with without_statement_timeout(schema_editor.connection):
+                schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
             schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
         except Exception:
             # Never leave the check behind: it would make every UPDATE of a row that is still
@@ -123,7 +126,8 @@ class AddIndexSafely(AddIndexConcurrently):
         if existing == "invalid":
             name = schema_editor.quote_name(self.index.name)
             schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-        super().database_forwards(app_label, schema_editor, from_state, to_state)
+        with without_statement_timeout(schema_editor.connection):
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
         if schema_editor.connection.vendor != "postgresql":

@@ -23,6 +23,7 @@ from tasks.backfill import (
     preview,
     run_backfill,
 )
+from tasks.migration_safety import without_statement_timeout
 from tasks.priority import PriorityRule
 
 PRIORITY_BACKFILL = "tasks.task.priority"
@@ -84,11 +85,14 @@ def backfill_priority(
 def backfill_priority_in_migration(apps, schema_editor) -> None:
     """RunPython entry point for the data (0003) and contract (0004) migrations.
 
-    Uses the historical models, so it keeps working when the current models move on.
+    Uses the historical models, so it keeps working when the current models move on. The
+    migration's short statement_timeout is for DDL: the backfill's reads scan, and each of its
+    batches sets its own timeouts.
     """
-    backfill_priority(
-        task_model=apps.get_model("tasks", "Task"),
-        run_model=apps.get_model("tasks", "BackfillRun"),
-        using=schema_editor.connection.alias,
-        policy=BatchPolicy(),
-    )
+    with without_statement_timeout(schema_editor.connection):
+        backfill_priority(
+            task_model=apps.get_model("tasks", "Task"),
+            run_model=apps.get_model("tasks", "BackfillRun"),
+            using=schema_editor.connection.alias,
+            policy=BatchPolicy(),
+        )
