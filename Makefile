@@ -58,6 +58,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	DATABASE_URL=$(SQLITE_URL) $(PY) manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(POSTGRES_URL) $(PY) manage.py lint_migrations
 
 bench-seed: $(STAMP)
 	$(PY) benchmarks/seed.py

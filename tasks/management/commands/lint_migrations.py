@@ -1,0 +1,46 @@
+"""manage.py lint_migrations: fail when a migration would block a live table on PostgreSQL."""
+
+from django.core.management.base import CommandError, CommandParser
+from django.db import connections
+
+from tasks.management.base import ProjectCommand
+from tasks.migration_lint import SquawkMissing, lint_sql, migration_sql
+
+
+class Command(ProjectCommand):
+    help = (
+        "Lint the SQL of every migration (as sqlmigrate prints it for PostgreSQL) with squawk, "
+        "using .squawk.toml. Exits with 1 and lists the problems if any migration is unsafe."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "app_labels", nargs="*", default=["tasks"], help="Apps to lint (default: tasks)."
+        )
+        self.add_database_argument(parser)
+
+    def handle(self, *args, **options) -> None:
+        using = self.database_alias(options["database"])
+        if connections[using].vendor != "postgresql":
+            raise CommandError(
+                "lint_migrations needs PostgreSQL (the SQL it lints is PostgreSQL's): "
+                "set DATABASE_URL=postgres://… or pass --database."
+            )
+        sql = {}
+        for app_label in options["app_labels"]:
+            sql.update(migration_sql(app_label, using=using))
+        try:
+            findings = lint_sql(sql)
+        except SquawkMissing as exc:
+            raise CommandError(str(exc)) from exc
+        for finding in findings:
+            self.stderr.write(str(finding))
+        if findings:
+            raise CommandError(
+                f"{len(findings)} unsafe statement(s) in {len(sql)} migrations; see "
+                "docs/zero-downtime.md, 'Adding the next column'."
+            )
+        if options["verbosity"] >= 1:
+            self.stdout.write(
+                self.style.SUCCESS(f"{len(sql)} migrations linted with squawk: no problems.")
+            )

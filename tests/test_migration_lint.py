@@ -1,0 +1,80 @@
+"""The migration lint (squawk over sqlmigrate SQL) passes ours and catches unsafe ones."""
+
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, migrations, models
+from django.db.migrations.loader import MigrationLoader
+
+from tasks.migration_lint import lint_sql
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+
+def sample_sql(*operations) -> str:
+    """The SQL an (atomic) migration of ``operations`` on top of ours would run, as sqlmigrate
+    prints it."""
+    state = MigrationLoader(connection).project_state(("tasks", "0005_priority_index"))
+    migration = migrations.Migration("9999_unsafe_sample", "tasks")
+    migration.operations = list(operations)
+    with connection.schema_editor(collect_sql=True, atomic=True) as editor:
+        migration.apply(state, editor, collect_sql=True)
+    return "BEGIN;\n" + "\n".join(editor.collected_sql) + "\nCOMMIT;\n"
+
+
+def rules(sql: str) -> set[str]:
+    return {finding.rule for finding in lint_sql({"tasks.9999_unsafe_sample": sql})}
+
+
+@pytest.mark.django_db(transaction=True)  # sqlmigrate of a non-atomic migration
+def test_our_migrations_pass_the_lint():
+    out = StringIO()
+
+    call_command("lint_migrations", stdout=out, stderr=StringIO())
+
+    assert "5 migrations linted with squawk: no problems." in out.getvalue()
+
+
+def test_a_plain_index_on_the_live_table_is_caught():
+    sql = sample_sql(
+        migrations.AddIndex("task", models.Index(fields=["title"], name="tasks_task_title_idx"))
+    )
+
+    assert "require-concurrent-index-creation" in rules(sql)
+
+
+def test_not_null_without_the_safe_recipe_is_caught():
+    sql = sample_sql(
+        migrations.AlterField("task", "due_date", models.DateField(null=False, blank=True))
+    )
+
+    assert "adding-not-nullable-field" in rules(sql)
+
+
+def test_a_code_default_dropped_after_add_column_is_caught():
+    # Django adds the column with DEFAULT, fills it, then drops the default: old code's
+    # INSERTs (which never name the column) fail from then on.
+    sql = sample_sql(migrations.AddField("task", "effort", models.IntegerField(default=1)))
+
+    assert "DROP DEFAULT" in sql
+    assert "ban-drop-default" in rules(sql)
+
+
+def test_the_command_fails_and_names_the_unsafe_migration(monkeypatch):
+    unsafe = sample_sql(
+        migrations.AddIndex("task", models.Index(fields=["title"], name="tasks_task_title_idx"))
+    )
+    monkeypatch.setattr(
+        "tasks.management.commands.lint_migrations.migration_sql",
+        lambda app_label, using: {"tasks.9999_unsafe_sample": unsafe},
+    )
+    err = StringIO()
+
+    with pytest.raises(CommandError, match="1 unsafe statement"):
+        call_command("lint_migrations", stdout=StringIO(), stderr=err)
+
+    assert re.search(
+        r"tasks\.9999_unsafe_sample:\d+: require-concurrent-index-creation", err.getvalue()
+    )
