@@ -13,7 +13,7 @@ DEMO_TASKS ?= 20000
 DEMO := DATABASE_URL=$(SQLITE_URL) $(PY) manage.py
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill clean
+.PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill bench-locks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-seed: $(STAMP)
 
 bench-backfill: $(STAMP)
 	$(PY) benchmarks/backfill.py
+
+bench-locks: $(STAMP)
+	$(PY) benchmarks/locks.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm .pytest_cache .ruff_cache
