@@ -129,6 +129,14 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.0f} ms"
 
 
+def hold(obs: "Observations") -> str:
+    """The longest ACCESS EXCLUSIVE hold the sampler saw, or that it was seen only once."""
+    if not any(mode == "AccessExclusiveLock" for _, mode, _ in obs.locks):
+        return "none seen"
+    longest = obs.longest_hold("AccessExclusiveLock")
+    return ms(longest) if longest > 0 else "< one sample (~2 ms)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
@@ -179,7 +187,7 @@ def main() -> None:
     for name, (obs, seconds) in seen.items():
         modes = ", ".join(sorted({mode for _, mode, _ in obs.locks})) or "—"
         lines.append(
-            f"| {name} | {seconds:.1f} | {ms(obs.longest_hold('AccessExclusiveLock'))} | "
+            f"| {name} | {seconds:.1f} | {hold(obs)} | "
             f"{modes} | {len(obs.writes):,} | {ms(max(obs.writes, default=0))} | "
             f"{len(obs.errors)} |"
         )

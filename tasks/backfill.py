@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections, models, transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import Count, F, Max, Min, Q
 from django.utils import timezone
 
 # SQLSTATEs worth retrying: lock_not_available (lock_timeout), query_canceled
 # (statement_timeout), deadlock_detected, serialization_failure.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
 logger = logging.getLogger(__name__)
-# Walks of the whole key range per call: the first, plus passes for rows that became visible
-# behind the walk.
-MAX_PASSES = 3
+# Rounds per call: the walk, plus extra rounds for rows that appeared behind or after it. Old
+# code may keep inserting NULL rows until the contract step's default stops it; the contract's
+# catch-up takes what is left then.
+MAX_PASSES = 4
 RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
 # A run in one of these states is resumed by the next invocation (see BackfillRun).
 OPEN_STATUSES = ("running", "failed")
@@ -143,7 +144,7 @@ class Checkpoint(Protocol):
 
     def record_success(self) -> None: ...
 
-    def rewind(self) -> None: ...
+    def rewind(self, last_key: Any) -> None: ...
 
 
 class RunCheckpoint:
@@ -170,9 +171,9 @@ class RunCheckpoint:
     def record_success(self) -> None:
         self._update(status="succeeded", finished_at=timezone.now(), last_error="")
 
-    def rewind(self) -> None:
-        self._update(last_key=None)
-        self.last_key = None
+    def rewind(self, last_key: Any) -> None:
+        self._update(last_key=last_key)
+        self.last_key = last_key
 
 
 def open_run(
@@ -302,6 +303,15 @@ def _run_batch(
         return rows, upper
 
 
+def _key_before(backfill: Backfill, key: Any, *, using: str) -> Any:
+    """The largest key below ``key`` (None if there is none): a checkpoint that resumes at it."""
+    return (
+        backfill.model._default_manager.using(using)
+        .filter(**{f"{backfill.key}__lt": key})
+        .aggregate(before=Max(backfill.key))["before"]
+    )
+
+
 def _record_failure(checkpoint: Checkpoint, message: str) -> None:
     """Record ``message`` on the checkpoint; if even that fails, keep the original error."""
     try:
@@ -321,9 +331,10 @@ def run_backfill(
 ) -> BackfillResult:
     """Fill ``backfill`` batch by batch from ``checkpoint`` until done or ``max_batches``.
 
-    When the walk reaches the end it checks that no pending row is left: a row whose
-    transaction committed after the walk had passed its key (ids are handed out at INSERT, rows
-    become visible at COMMIT) sends it back to the start, at most ``MAX_PASSES`` times in all.
+    When the walk reaches the end it looks for the first pending row: one whose transaction
+    committed after the walk had passed its key (ids are handed out at INSERT, rows become
+    visible at COMMIT) sends the walk back to just before it; rows inserted meanwhile extend it.
+    After ``MAX_PASSES`` such extra rounds the run stops unfinished and stays open.
 
     Raises :class:`BackfillFailed` when a batch still fails after ``policy.max_retries``
     retries, after recording the error on the checkpoint.
@@ -349,14 +360,17 @@ def run_backfill(
                     raise BackfillFailed(message) from error
                 sleep(policy.backoff(attempt))
         if outcome is None:
-            if not backfill.queryset(using).exists():
+            first_pending = backfill.queryset(using).aggregate(first=Min(backfill.key))["first"]
+            if first_pending is None:
                 checkpoint.record_success()
                 result.finished = True
                 break
             if passes == MAX_PASSES:
                 break  # rows keep arriving: the run stays open for the next invocation
             passes += 1
-            checkpoint.rewind()
+            if checkpoint.last_key is not None and first_pending <= checkpoint.last_key:
+                # Behind the walk: go back to just before it, not to the start of the table.
+                checkpoint.rewind(_key_before(backfill, first_pending, using=using))
             continue
         rows, last_key = outcome
         seconds = time.perf_counter() - batch_started

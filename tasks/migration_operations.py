@@ -1,9 +1,27 @@
 """Migration operations that keep PostgreSQL's long locks out of a live table's schema changes."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from django.contrib.postgres.operations import AddIndexConcurrently
+from django.db import NotSupportedError
 from django.db.migrations.operations import AddIndex, AlterField
 
 from tasks.migration_safety import without_statement_timeout
+
+
+@contextmanager
+def _lock_timeout(connection, value: str) -> Iterator[None]:
+    """Use ``value`` as the session's lock_timeout for the block, then restore it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        previous = cursor.fetchone()[0]
+        cursor.execute("SELECT set_config('lock_timeout', %s, false)", [value])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", [previous])
 
 
 def _lint_ignore(schema_editor, rule: str, why: str) -> None:
@@ -56,6 +74,13 @@ class AlterFieldSetNotNull(AlterField):
     def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
         if schema_editor.connection.vendor != "postgresql":
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        if schema_editor.connection.in_atomic_block:
+            # In a transaction the NOT VALID check's ACCESS EXCLUSIVE lock would be held through
+            # VALIDATE's scan: the very outage this operation exists to avoid.
+            raise NotSupportedError(
+                "AlterFieldSetNotNull must run outside a transaction: set atomic = False on "
+                "the migration."
+            )
         to_model = to_state.apps.get_model(app_label, self.model_name)
         from_model = from_state.apps.get_model(app_label, self.model_name)
         self._check_only_null_changes(
@@ -73,10 +98,18 @@ class AlterFieldSetNotNull(AlterField):
             with without_statement_timeout(schema_editor.connection):
                 schema_editor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
             schema_editor.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL")
-        except Exception:
+        except Exception as original:
             # Never leave the check behind: it would make every UPDATE of a row that is still
-            # NULL fail while the previous release is running.
-            schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
+            # NULL fail while the previous release is running. The drop needs ACCESS EXCLUSIVE
+            # too, so give it longer than the migration's lock_timeout that may just have
+            # expired.
+            try:
+                with _lock_timeout(schema_editor.connection, "30s"):
+                    schema_editor.execute(
+                        f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}"
+                    )
+            except Exception as cleanup_error:
+                raise original from cleanup_error
             raise
         _lint_ignore(schema_editor, "ban-drop-constraint", "redundant with NOT NULL now")
         schema_editor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")

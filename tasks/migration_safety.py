@@ -62,17 +62,20 @@ def blocking_sessions(*, using: str) -> list[BlockingSession]:
         return [BlockingSession(*row) for row in cursor.fetchall()]
 
 
-def describe_blockers(*, using: str) -> str:
-    """A readable list of the blocking sessions, with what to do about them."""
+def describe_blockers(*, using: str, advice: bool = True) -> str:
+    """A readable list of the sessions holding locks now, longest-open first; with ``advice``,
+    what to do about them."""
     sessions = blocking_sessions(using=using)
     if not sessions:
-        return "No session holds locks on this database's tables any more; run it again."
+        return "No other session holds locks on this database's tables now."
     lines = "\n".join(f"  - {session}" for session in sessions)
-    return (
-        f"Sessions holding locks:\n{lines}\n"
-        "Wait for them to finish, or end one with SELECT pg_terminate_backend(<pid>); "
-        "then run migrate again."
-    )
+    text = f"Sessions holding locks on tables now (longest-open first):\n{lines}"
+    if advice:
+        text += (
+            "\nWait for them to finish, or end one with SELECT pg_terminate_backend(<pid>); "
+            "then run migrate again."
+        )
+    return text
 
 
 def log_lock_timeout(retry_state) -> None:
@@ -82,7 +85,7 @@ def log_lock_timeout(retry_state) -> None:
         "retrying.\n%s",
         retry_state.lock_timeouts_count,
         retry_state.time_since_start.total_seconds(),
-        describe_blockers(using=retry_state.database),
+        describe_blockers(using=retry_state.database, advice=False),
     )
 
 

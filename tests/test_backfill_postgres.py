@@ -299,3 +299,14 @@ def test_batch_settings_do_not_leak_into_the_session(expand_step):
         assert cursor.fetchone()[0] == before
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone()[0] == "on"
+
+
+def test_a_finished_run_releases_its_lock_for_other_sessions(expand_step):
+    seed_legacy(10)
+    call_command("backfill_priority", no_progress=True, stdout=StringIO())
+
+    with psycopg.connect(conninfo(), autocommit=True) as other:
+        key = "taskproj.backfill:tasks.task.priority"
+        acquired = other.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()[0]
+
+    assert acquired is True

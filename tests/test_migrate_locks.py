@@ -1,7 +1,6 @@
 """`manage.py migrate` on PostgreSQL: lock waits are bounded, retried, and blockers are named."""
 
 import logging
-import threading
 import time
 
 import psycopg
@@ -10,6 +9,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 
+from tasks import migration_safety
 from tasks.backfill import column_state
 from tasks.models import Task
 from tests.test_backfill_postgres import conninfo
@@ -69,18 +69,24 @@ def test_a_blocked_migration_gives_up_names_the_blocker_and_applies_nothing(at_i
 
 
 def test_a_blocked_migration_is_retried_and_goes_through_once_the_lock_is_free(
-    at_initial, settings, caplog
+    at_initial, caplog, monkeypatch
 ):
-    settings.MIGRATION_LOCK_RETRIES = 10
+    # given: a blocker that goes away right after the first lock timeout has been reported
     blocker = open_transaction_reading_tasks()
     pid = blocker.info.backend_pid
-    release = threading.Timer(0.5, blocker.rollback)
-    release.start()
+    report = migration_safety.log_lock_timeout
+
+    def report_then_release(retry_state) -> None:
+        report(retry_state)
+        blocker.rollback()
+
+    monkeypatch.setattr(migration_safety, "log_lock_timeout", report_then_release)
+
+    # when
     try:
         with caplog.at_level(logging.WARNING, logger="tasks.migrate"):
             call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
     finally:
-        release.join()
         blocker.close()
 
     assert applied("0002_priority_expand")
@@ -91,6 +97,9 @@ def test_a_blocked_migration_is_retried_and_goes_through_once_the_lock_is_free(
 def test_ddl_runs_under_the_statement_timeout_but_scans_are_not_cut_off(at_initial, settings):
     # given
     settings.MIGRATION_STATEMENT_TIMEOUT_MS = 4_000
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout')")
+        before = cursor.fetchone()[0]
     seen: list[tuple[str, str]] = []
 
     def record(execute, sql, params, many, context):
@@ -113,4 +122,37 @@ def test_ddl_runs_under_the_statement_timeout_but_scans_are_not_cut_off(at_initi
     assert any("ADD COLUMN" in sql for sql in timeouts)
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('statement_timeout')")
-        assert cursor.fetchone()[0] == "0"  # restored after migrate
+        assert cursor.fetchone()[0] == before  # restored after migrate
+
+
+def test_a_second_migrate_at_the_same_time_is_refused_clearly(at_initial):
+    # given: another migrate holds the library's advisory lock
+    from django_pg_migration_tools.management.commands.migrate_with_timeouts import Locking
+
+    holder = psycopg.connect(conninfo(), autocommit=True)
+    lock_id = Locking()._cast_lock_value_to_int("migrate-with-timeouts")
+    # (our migrate releases it when done: the test's own session must not be holding it)
+    assert holder.execute(f"SELECT pg_try_advisory_lock({lock_id})").fetchone()[0]
+    try:
+        with pytest.raises(CommandError, match="Another manage.py migrate is running"):
+            call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
+    finally:
+        holder.close()
+    assert not applied("0002_priority_expand")
+
+
+def test_set_not_null_refuses_to_run_inside_a_transaction(at_initial):
+    from django.db import NotSupportedError, transaction
+    from django.db.migrations.loader import MigrationLoader
+
+    call_command("migrate", "tasks", "0003", verbosity=0)
+    loader = MigrationLoader(connection)
+    contract = loader.get_migration("tasks", "0004_priority_contract")
+    from_state = loader.project_state(("tasks", "0003_priority_backfill"))
+    contract.operations[0].state_forwards("tasks", from_state)
+    to_state = from_state.clone()
+    contract.operations[2].state_forwards("tasks", to_state)
+
+    with pytest.raises(NotSupportedError, match="atomic = False"):
+        with transaction.atomic(), connection.schema_editor(atomic=False) as editor:
+            contract.operations[2].database_forwards("tasks", editor, from_state, to_state)

@@ -2,10 +2,11 @@
 
 Django's own command, run through django-pg-migration-tools' ``migrate_with_timeouts`` on
 PostgreSQL: every migration runs under a short ``lock_timeout`` and a ``statement_timeout`` for
-DDL that must be instant. A migration whose lock is not granted in time is rolled back (an
-atomic one entirely; our non-atomic ones are written to be re-run), waits with exponential
-backoff and is retried a bounded number of times, naming the blocking sessions each time; then
-the command fails with them and what to do. Settings (taskproj/settings.py): MIGRATION_*.
+DDL that must be instant. A migration whose lock is not granted in time fails — an atomic one
+is rolled back, a non-atomic one keeps what it had committed and is written to be re-run — and
+is retried after an exponential backoff a bounded number of times, logging the sessions holding
+locks each time; then the command fails with them and what to do. Settings
+(taskproj/settings.py): MIGRATION_*.
 """
 
 from django.conf import settings
@@ -16,10 +17,16 @@ from django_pg_migration_tools.management.commands.migrate_with_timeouts import 
     Command as MigrateWithTimeoutsCommand,
 )
 from django_pg_migration_tools.management.commands.migrate_with_timeouts import (
+    LockAlreadyAcquired,
+    Locking,
     MaximumRetriesReached,
 )
+from django_pg_migration_tools.timeouts import RedundantLockTimeout, TimeoutWasNotPositive
 
 from tasks.migration_safety import describe_blockers
+
+# The advisory lock value the library's migrate_with_timeouts takes for its whole run.
+MIGRATE_LOCK = "migrate-with-timeouts"
 
 
 class Command(MigrateWithTimeoutsCommand):
@@ -39,6 +46,20 @@ class Command(MigrateWithTimeoutsCommand):
             retry_callback_path="tasks.migration_safety.log_lock_timeout",
         )
 
+    def _release_migrate_lock(self, database: str) -> None:
+        """Release the library's session-level "one migrate at a time" lock.
+
+        It would otherwise be held until the connection closes, refusing every other migrate
+        for as long as a long-lived process (a test run, a rehearsal) keeps its connection.
+        """
+        lock_id = Locking()._cast_lock_value_to_int(MIGRATE_LOCK)
+        connection = connections[database]
+        if not connection.is_usable():
+            return  # the session is gone, and its locks with it
+        with connection.cursor() as cursor:
+            # Returns false (with a warning) if the lock was never taken: harmless.
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [lock_id])
+
     def handle(self, *args, **options) -> None:
         database = options["database"]
         if connections[database].vendor != "postgresql":
@@ -53,13 +74,27 @@ class Command(MigrateWithTimeoutsCommand):
             ):
                 options.pop(name, None)
             return DjangoMigrateCommand.handle(self, *args, **options)
+        lock_timeout, retries = options["lock_timeout_in_ms"], options["lock_timeout_max_retries"]
+        holds_lock = True
         try:
-            return super().handle(*args, **options)
+            super().handle(*args, **options)
+        except LockAlreadyAcquired as exc:
+            holds_lock = False
+            raise CommandError(
+                f"Another manage.py migrate is running on database {database!r}; wait for it."
+            ) from exc
         except MaximumRetriesReached as exc:
             raise CommandError(
-                f"A migration could not take its lock within "
-                f"{options.get('lock_timeout_in_ms') or settings.MIGRATION_LOCK_TIMEOUT_MS} ms "
-                f"after {settings.MIGRATION_LOCK_RETRIES} retries; nothing of it was applied "
-                f"(non-atomic migrations are safe to re-run).\n"
+                f"A migration could not take its lock within {lock_timeout} ms, {retries + 1} "
+                "times. An atomic migration was rolled back; a non-atomic one keeps the steps "
+                "it had committed and is written to be re-run from the top.\n"
                 f"{describe_blockers(using=database)}"
             ) from exc
+        except (TimeoutWasNotPositive, RedundantLockTimeout, ValueError) as exc:
+            raise CommandError(
+                f"Bad migration timeout settings ({exc}): MIGRATION_LOCK_TIMEOUT_MS and "
+                "MIGRATION_STATEMENT_TIMEOUT_MS must be positive, the lock timeout the smaller."
+            ) from exc
+        finally:
+            if holds_lock:
+                self._release_migrate_lock(database)
