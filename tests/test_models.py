@@ -3,7 +3,7 @@ import importlib
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, models
 from django.db.migrations.operations import CreateModel
 
 from tasks.models import Category, Task
@@ -109,3 +109,28 @@ def test_deleting_a_category_keeps_its_tasks(category):
 
     task.refresh_from_db()
     assert task.category is None
+
+
+@pytest.mark.parametrize("kind", ["year", "month"])
+@pytest.mark.parametrize("order", ["ASC", "DESC"])
+def test_dates_by_index_probes_match_djangos_distinct_query(kind, order):
+    # given: due dates across a year boundary, gaps, and a task without one
+    for due in ["2024-06-30", "2025-12-31", "2026-01-01", "2026-03-15", "2026-03-20", None]:
+        task_create(
+            title=f"due {due}",
+            due_date=None if due is None else datetime.date.fromisoformat(due),
+        )
+    tasks = Task.objects.filter(title__startswith="due")
+
+    # when
+    ours = list(tasks.dates("due_date", kind, order))
+    djangos = list(models.QuerySet.dates(tasks, "due_date", kind, order))
+
+    # then
+    assert ours == djangos
+    assert len(ours) == {"year": 3, "month": 4}[kind]
+
+
+def test_dates_of_an_empty_selection_is_empty():
+    assert list(Task.objects.none().dates("due_date", "year")) == []
+    assert list(Task.objects.filter(title="nothing").dates("due_date", "month")) == []
