@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections, models, transaction
@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 # catch-up takes what is left then.
 MAX_PASSES = 4
 RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
-# A run in one of these states is resumed by the next invocation (see BackfillRun).
+# A run in one of these states is resumed by the next invocation; the partial unique index on
+# BackfillRun allows one per backfill.
 OPEN_STATUSES = ("running", "failed")
 
 
@@ -90,7 +91,6 @@ class BackfillResult:
     batches: int = 0
     seconds: float = 0.0
     finished: bool = False
-    batch_seconds: list[float] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -229,11 +229,6 @@ def column_state(model: type[models.Model], field_name: str, *, using: str) -> s
         if info.name == column:
             return "nullable" if info.null_ok else "not null"
     return "missing"
-
-
-def count_pending(backfill: Backfill, *, using: str) -> int:
-    """How many rows still need the value."""
-    return backfill.queryset(using).count()
 
 
 def preview(backfill: Backfill, *, using: str) -> dict[Any, int]:
@@ -376,7 +371,6 @@ def run_backfill(
         seconds = time.perf_counter() - batch_started
         result.rows += rows
         result.batches += 1
-        result.batch_seconds.append(seconds)
         if on_batch is not None:
             on_batch(BatchReport(rows=rows, last_key=last_key, seconds=seconds, attempts=attempt))
         if policy.sleep:

@@ -164,8 +164,6 @@ class BackfillRun(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         CANCELLED = "cancelled", "Cancelled"
 
-    OPEN_STATUSES = (Status.RUNNING, Status.FAILED)
-
     name = models.CharField(max_length=100, help_text="Which backfill, e.g. tasks.task.priority.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
     reference_date = models.DateField(help_text="The date the whole run computes values against.")

@@ -27,6 +27,8 @@ from tasks.migration_safety import without_statement_timeout
 from tasks.priority import PriorityRule
 
 PRIORITY_BACKFILL = "tasks.task.priority"
+# The rows the backfill is for: written before the column existed, or by code that predates it.
+PENDING = Q(priority__isnull=True)
 
 
 def priority_backfill(task_model: type[models.Model], today: datetime.date) -> Backfill:
@@ -35,7 +37,7 @@ def priority_backfill(task_model: type[models.Model], today: datetime.date) -> B
         model=task_model,
         field="priority",
         value=PriorityRule(today).expression(),
-        pending=Q(priority__isnull=True),
+        pending=PENDING,
     )
 
 
@@ -68,7 +70,7 @@ def backfill_priority(
     :class:`~tasks.backfill.BackfillBusy` if another process is running it.
     """
     with exclusive_run(PRIORITY_BACKFILL, using=using):
-        pending = task_model._default_manager.using(using).filter(priority__isnull=True).count()
+        pending = task_model._default_manager.using(using).filter(PENDING).count()
         if pending == 0 and find_open_run(run_model, name=PRIORITY_BACKFILL, using=using) is None:
             return None, BackfillResult(finished=True)
         run, resumed = open_run(run_model, name=PRIORITY_BACKFILL, using=using, restart=restart)

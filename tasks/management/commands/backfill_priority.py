@@ -7,7 +7,7 @@ from tasks.backfill import BackfillBusy, BackfillFailed, BatchPolicy, BatchRepor
 from tasks.management.base import ProjectCommand
 from tasks.models import BackfillRun, Task
 from tasks.priority import Priority
-from tasks.priority_backfill import backfill_priority, dry_run_priority_backfill
+from tasks.priority_backfill import PENDING, backfill_priority, dry_run_priority_backfill
 
 DEFAULTS = BatchPolicy()
 MAX_BATCH_SIZE = 100_000
@@ -141,7 +141,7 @@ class Command(ProjectCommand):
                 self.style.SUCCESS("Nothing to backfill: no task has a NULL priority.")
             )
             return
-        left = Task.objects.using(using).filter(priority__isnull=True).count()
+        left = Task.objects.using(using).filter(PENDING).count()
         self.stdout.write(
             f"Updated {result.rows:,} rows in {result.batches:,} batches, "
             f"{result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s); "
