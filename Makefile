@@ -15,7 +15,7 @@ DEMO_TASKS ?= 20000
 DEMO := DATABASE_URL=$(SQLITE_URL) $(PY) manage.py
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill bench-locks clean
+.PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,9 @@ bench-backfill: $(STAMP)
 
 bench-locks: $(STAMP)
 	$(PY) benchmarks/locks.py
+
+bench-rehearsal: $(STAMP)
+	$(PY) benchmarks/rehearsal.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm .pytest_cache .ruff_cache

@@ -298,6 +298,25 @@ def _run_batch(
         return rows, upper
 
 
+def _first_pending(backfill: Backfill, *, using: str) -> Any:
+    """The smallest key of a row that still needs the value (None if there is none).
+
+    On PostgreSQL without index scans: the planner answers MIN(key) by walking the key's index
+    in order and checking each row, betting that pending rows are spread evenly. After a run
+    they sit at the end of the table, so that walk reads every row through the index — 790 ms
+    at 1,000,000 rows against 112 ms for a sequential scan (EXPLAIN ANALYZE, docs/design.md).
+    """
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('enable_indexscan', 'off', true), "
+                    "set_config('enable_indexonlyscan', 'off', true)"
+                )
+        return backfill.queryset(using).aggregate(first=Min(backfill.key))["first"]
+
+
 def _key_before(backfill: Backfill, key: Any, *, using: str) -> Any:
     """The largest key below ``key`` (None if there is none): a checkpoint that resumes at it."""
     return (
@@ -337,6 +356,14 @@ def run_backfill(
     result = BackfillResult()
     started = time.perf_counter()
     passes = 1
+    if checkpoint.last_key is None:
+        # A new run starts just before the first row that needs it. After an earlier run, the
+        # rows left are those inserted since, at the end of the key range: walking up to them
+        # would read every key again: the data migration after a finished run took 11.8 s at
+        # 1,000,000 rows under traffic (manage.py rehearse), for a few hundred rows.
+        first_pending = _first_pending(backfill, using=using)
+        if first_pending is not None:
+            checkpoint.rewind(_key_before(backfill, first_pending, using=using))
     while policy.max_batches is None or result.batches < policy.max_batches:
         attempt = 0
         batch_started = time.perf_counter()
@@ -355,7 +382,7 @@ def run_backfill(
                     raise BackfillFailed(message) from error
                 sleep(policy.backoff(attempt))
         if outcome is None:
-            first_pending = backfill.queryset(using).aggregate(first=Min(backfill.key))["first"]
+            first_pending = _first_pending(backfill, using=using)
             if first_pending is None:
                 checkpoint.record_success()
                 result.finished = True

@@ -125,6 +125,20 @@ def test_a_second_run_changes_nothing_and_says_so(expand_step):
     assert BackfillRun.objects.count() == 1
 
 
+def test_a_new_run_after_a_finished_one_starts_at_the_rows_inserted_since(expand_step):
+    # given: a finished run over 100 rows, then old code inserts 3 more at the end
+    legacy_tasks(100)
+    backfill(batch_size=10)
+    legacy_tasks(3)
+
+    # when
+    output = backfill(batch_size=10)
+
+    # then: one batch, not a walk over the 100 rows already done
+    assert "Updated 3 rows in 1 batches" in output
+    assert nulls() == 0
+
+
 def test_a_stopped_run_resumes_with_its_own_reference_date(expand_step):
     # given: a run that stopped after one batch, started on an earlier day
     legacy_tasks(10)

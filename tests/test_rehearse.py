@@ -1,0 +1,151 @@
+"""manage.py rehearse: the rollout under live traffic, and the report that must not lie."""
+
+import json
+from collections import Counter
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tasks.management.commands import rehearse as rehearse_command
+from tasks.rehearsal import ROLLOUT, EndState, RehearsalReport, Step, StepReport
+from tests.conftest import IS_POSTGRES
+
+
+@pytest.fixture
+def server(django_db_blocker):
+    """The PostgreSQL server, outside any test database: rehearse makes its own scratch one.
+
+    (A django_db test would refuse connections to the aliases the rehearsal adds.)
+    """
+    with django_db_blocker.unblock():
+        yield
+
+
+GOOD_END = EndState(null_rows=0, not_null=True, column_default="'medium'", index_valid=True)
+
+
+def report_with(step: StepReport, end_state: EndState | None = GOOD_END) -> RehearsalReport:
+    return RehearsalReport(settings={"stall_limit_ms": 3000}, steps=[step], end_state=end_state)
+
+
+def test_a_clean_step_is_no_problem():
+    step = StepReport(name="contract", command="migrate", latencies=[0.01, 2.9])
+
+    assert report_with(step).problems() == []
+
+
+def test_a_failed_application_query_fails_the_rehearsal():
+    step = StepReport(name="contract", command="migrate", latencies=[0.01])
+    step.errors = Counter({"old insert: null value in column": 3})
+
+    assert report_with(step).problems() == ["contract: 3 application queries failed"]
+
+
+def test_a_query_stalled_longer_than_lock_timeout_plus_one_second_fails_the_rehearsal():
+    slow_query = StepReport(name="expand", command="migrate", latencies=[3.2])
+    long_wait = StepReport(name="expand", command="migrate", longest_lock_wait=3.5)
+
+    assert "over the 3.0 s limit" in report_with(slow_query).problems()[0]
+    assert "waited 3.5 s" in report_with(long_wait).problems()[0]
+
+
+def test_a_wrong_end_state_or_an_unfinished_rollout_fails_the_rehearsal():
+    step = StepReport(name="index", command="migrate")
+    invalid_index = EndState(null_rows=0, not_null=True, column_default="", index_valid=False)
+
+    assert "end state is wrong" in report_with(step, invalid_index).problems()[0]
+    assert report_with(step, None).problems() == ["the rollout did not reach its end"]
+
+
+def test_percentiles_are_nearest_rank():
+    step = StepReport(name="s", command="c", latencies=[i / 1000 for i in range(1, 101)])
+
+    data = step.as_dict()
+
+    assert (data["p50_ms"], data["p99_ms"], data["max_ms"]) == (50.0, 99.0, 100.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("tasks", "0", "--tasks must be at least 1"),
+        ("tasks", "many", "--tasks must be a whole number"),
+        ("rate", "0", "--rate must be at least 1"),
+        ("clients", "33", "--clients must be at most 32"),
+        ("blocker_seconds", "-1", "--blocker-seconds must be at least 0"),
+        ("baseline_seconds", "soon", "--baseline-seconds must be a number"),
+        ("database", "nope", "Unknown database 'nope'"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_created(option, value, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("rehearse", **{option: value}, stdout=StringIO())
+
+
+@pytest.mark.skipif(IS_POSTGRES, reason="checks the refusal on SQLite")
+def test_sqlite_is_refused_with_what_to_do(db):
+    with pytest.raises(CommandError, match="rehearse needs PostgreSQL"):
+        call_command("rehearse", tasks="10", stdout=StringIO())
+
+
+@pytest.mark.postgres
+def test_the_rollout_under_traffic_fails_no_query_and_ends_contracted_and_indexed(server):
+    # given: 20,000 legacy rows, traffic, a blocker during expand
+    out, progress = StringIO(), StringIO()
+
+    # when
+    call_command("rehearse", tasks="20000", json=True, stdout=out, stderr=progress)
+
+    # then
+    report = json.loads(out.getvalue())
+    steps = {step["step"]: step for step in report["steps"]}
+    assert list(steps) == ["baseline", *(step.name for step in ROLLOUT), "after"]
+    assert report["ok"] and report["problems"] == []
+    for step in steps.values():
+        assert step["queries"] > 0, step
+        assert step["failed_queries"] == 0, step["errors"]
+        assert step["max_ms"] <= report["settings"]["stall_limit_ms"], step
+        assert step["longest_lock_wait_ms"] <= report["settings"]["stall_limit_ms"], step
+    # The blocker made expand give up on its lock at least once, and the app waited meanwhile.
+    assert steps["expand"]["migration_lock_retries"] >= 1
+    assert steps["expand"]["longest_lock_wait_ms"] > 0
+    assert steps["backfill"]["rows_backfilled"] >= 20_000
+    assert report["end_state"] == {
+        "null_rows": 0,
+        "not_null": True,
+        "column_default": "'medium'::character varying",
+        "index_valid": True,
+    }
+    assert "[5/6] index" in progress.getvalue()
+
+
+@pytest.mark.postgres
+def test_a_rollout_that_breaks_running_code_is_reported_and_exits_non_zero(server, monkeypatch):
+    # given: the expand step rolled back while the new code that writes priority is running
+    unsafe = (
+        ROLLOUT[0],
+        Step("roll back expand", ("migrate", "tasks", "0001_initial")),
+    )
+    monkeypatch.setattr(rehearse_command, "ROLLOUT", unsafe)
+    out = StringIO()
+
+    # when
+    with pytest.raises(CommandError) as failure:
+        call_command(
+            "rehearse",
+            tasks="2000",
+            blocker_seconds="0",
+            baseline_seconds="0.5",
+            json=True,
+            stdout=out,
+            stderr=StringIO(),
+        )
+
+    # then
+    report = json.loads(out.getvalue())
+    after = report["steps"][-1]
+    assert after["step"] == "after" and after["failed_queries"] > 0
+    assert any('column "priority"' in error["error"] for error in after["errors"])
+    assert "after: " in str(failure.value) and "application queries failed" in str(failure.value)
+    assert not report["ok"]
