@@ -42,6 +42,17 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}.") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    """Read a number from the environment, failing with the variable's name if it is not one."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}.") from exc
+
+
 DEBUG = env_bool("DEBUG", default=True)
 SECRET_KEY = os.environ.get("SECRET_KEY") or DEVELOPMENT_SECRET_KEY
 if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
@@ -60,6 +71,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Django's task framework (the django-tasks backport on Django 5.2; django.tasks from
+    # Django 6 on) with the database backend: backfill_priority --background, db_worker.
+    "django_tasks",
+    "django_tasks_db",
     "tasks",
 ]
 
@@ -159,3 +174,26 @@ MIGRATION_STATEMENT_TIMEOUT_MS = env_int("MIGRATION_STATEMENT_TIMEOUT_MS", 10_00
 MIGRATION_LOCK_RETRIES = env_int("MIGRATION_LOCK_RETRIES", 5)
 MIGRATION_RETRY_MIN_WAIT_MS = env_int("MIGRATION_RETRY_MIN_WAIT_MS", 1_000)
 MIGRATION_RETRY_MAX_WAIT_MS = env_int("MIGRATION_RETRY_MAX_WAIT_MS", 10_000)
+
+# Background work on Django's task framework, stored in this database; run workers with
+# `manage.py db_worker --queue-name backfill` (docs/zero-downtime.md).
+TASKS = {
+    "default": {
+        "BACKEND": os.environ.get("TASKS_BACKEND", "django_tasks_db.DatabaseBackend"),
+        "QUEUES": ["default", "backfill"],
+    }
+}
+
+# Operating backfills (tasks/backfill_control.py, tasks/backfill_health.py).
+# A process working on a run renews its lease with every batch; another process may take the
+# run over once the lease has expired. A run whose lease expired is shown as stalled.
+BACKFILL_LEASE_SECONDS = env_float("BACKFILL_LEASE_SECONDS", 30.0)
+# A worker task processes a run for this long, then hands over to the next task.
+BACKFILL_SLICE_SECONDS = env_float("BACKFILL_SLICE_SECONDS", 60.0)
+# Batches aim at this duration (0: fixed --batch-size).
+BACKFILL_TARGET_BATCH_MS = env_float("BACKFILL_TARGET_BATCH_MS", 100.0)
+# Health throttling: back off this long when a signal trips.
+BACKFILL_BACKOFF_SECONDS = env_float("BACKFILL_BACKOFF_SECONDS", 5.0)
+BACKFILL_MAX_REPLICATION_LAG_SECONDS = env_float("BACKFILL_MAX_REPLICATION_LAG_SECONDS", 10.0)
+# Dotted path of a callable(database_alias) -> reason to wait, or None; empty for none.
+BACKFILL_HEALTH_CHECK = os.environ.get("BACKFILL_HEALTH_CHECK", "")

@@ -12,6 +12,7 @@ historical, so migrations can use it), the column, the value expression and the 
 """
 
 import datetime
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +33,9 @@ logger = logging.getLogger(__name__)
 # catch-up takes what is left then.
 MAX_PASSES = 4
 RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
-# A run in one of these states is resumed by the next invocation; the partial unique index on
-# BackfillRun allows one per backfill.
-OPEN_STATUSES = ("running", "failed")
+# A run in one of these states is not finished: the next invocation resumes it, and the
+# partial unique index on BackfillRun allows one per backfill.
+OPEN_STATUSES = ("pending", "running", "paused", "cancelling", "failed")
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,66 @@ class BatchPolicy:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
 
+    # Adaptive batch size: aim each batch at this many milliseconds (None: keep batch_size).
+    target_batch_ms: float | None = None
+    min_batch_size: int = 100
+    max_batch_size: int = 50_000
+    # Stop after this many seconds (a worker's slice); the run stays open. None: no limit.
+    max_seconds: float | None = None
+
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based), doubling each time."""
         return min(self.backoff_seconds * 2 ** (attempt - 1), self.max_backoff_seconds)
+
+    def sizer(self) -> "BatchSizer":
+        """The batch sizer for one call of :func:`run_backfill`."""
+        return BatchSizer(
+            size=self.batch_size,
+            target_seconds=None if not self.target_batch_ms else self.target_batch_ms / 1000,
+            minimum=min(self.min_batch_size, self.batch_size),
+            maximum=max(self.max_batch_size, self.batch_size),
+        )
+
+
+@dataclass
+class BatchSizer:
+    """Grows and shrinks the batch so that a batch takes about ``target_seconds``.
+
+    Like GitLab's batched background migration optimizer: the time per key is smoothed over
+    recent batches (an exponential moving average, so one slow batch does not halve the size),
+    the next size is what that time predicts for the target, and one step may grow the size by
+    at most ``max_growth`` and shrink it by at most half, within [minimum, maximum]. Without a
+    target the size stays fixed.
+    """
+
+    size: int
+    target_seconds: float | None = None
+    minimum: int = 100
+    maximum: int = 50_000
+    max_growth: float = 1.25
+    smoothing: float = 0.3  # weight of the newest batch
+    seconds_per_key: float | None = None
+
+    def observe(self, *, keys: int, seconds: float) -> int:
+        """Take one batch's duration into account; return the size for the next batch."""
+        if self.target_seconds is None or keys <= 0 or seconds <= 0:
+            return self.size
+        per_key = seconds / keys
+        self.seconds_per_key = (
+            per_key
+            if self.seconds_per_key is None
+            else (1 - self.smoothing) * self.seconds_per_key + self.smoothing * per_key
+        )
+        ideal = self.target_seconds / self.seconds_per_key
+        bounded = min(max(ideal, self.size / 2), self.size * self.max_growth)
+        self.size = int(min(max(bounded, self.minimum), self.maximum))
+        return self.size
+
+    def shrink(self) -> int:
+        """Halve the size after a timeout or when others waited on the batch's locks."""
+        if self.target_seconds is not None:
+            self.size = max(self.minimum, self.size // 2)
+        return self.size
 
 
 @dataclass(frozen=True)
@@ -81,6 +139,7 @@ class BatchReport:
     last_key: Any
     seconds: float
     attempts: int
+    batch_size: int = 0
 
 
 @dataclass
@@ -91,6 +150,9 @@ class BackfillResult:
     batches: int = 0
     seconds: float = 0.0
     finished: bool = False
+    # Why the call returned: "finished", "paused", "cancelled", "max batches", "time budget",
+    # or "rows keep arriving" (the run stays open for the next call).
+    stopped: str = ""
 
     @property
     def rows_per_second(self) -> float:
@@ -105,18 +167,23 @@ class BackfillBusy(Exception):
     """Another process is running the same backfill."""
 
 
+class LeaseLost(Exception):
+    """The checkpoint now belongs to another process: this process's batch is rolled back."""
+
+
 @contextmanager
-def exclusive_run(name: str, *, using: str) -> Iterator[None]:
+def exclusive_run(name: str, *, using: str) -> Iterator[bool]:
     """Hold a PostgreSQL advisory lock on backfill ``name`` for as long as the block runs.
 
     Two processes working on the same run would fight over row locks and over the checkpoint
     (moving ``last_key`` backwards); the second one is refused instead. The lock belongs to the
-    session, so a killed process releases it with its connection. SQLite has a single writer
-    and no such lock: run one backfill at a time there.
+    session, so a killed process releases it with its connection. Yields True when the lock
+    proves that no other live session is working on the backfill (PostgreSQL), False where
+    there is no such lock (SQLite: its run leases must expire instead).
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
-        yield
+        yield False
         return
     key = f"taskproj.backfill:{name}"
     with connection.cursor() as cursor:
@@ -127,24 +194,50 @@ def exclusive_run(name: str, *, using: str) -> Iterator[None]:
                 "wait for it to finish or stop it, then run again"
             )
     try:
-        yield
+        yield True
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
 
 
 class Checkpoint(Protocol):
-    """Where a run's progress is kept. ``record_batch`` runs inside the batch's transaction."""
+    """Where a run's progress is kept, and how it is steered.
+
+    ``record_batch`` runs inside the batch's transaction (and may raise :class:`LeaseLost` to
+    roll it back). ``control`` is read before every batch: "run", "pause" or "cancel".
+    """
 
     last_key: Any
 
-    def record_batch(self, *, last_key: Any, rows: int) -> None: ...
+    def record_batch(
+        self, *, last_key: Any, rows: int, batch_size: int, seconds: float
+    ) -> None: ...
 
     def record_failure(self, error: str) -> None: ...
 
     def record_success(self) -> None: ...
 
+    def record_cancelled(self) -> None: ...
+
+    def record_throttle(self, reason: str) -> None: ...
+
     def rewind(self, last_key: Any) -> None: ...
+
+    def control(self) -> str: ...
+
+    def heartbeat(self) -> None: ...
+
+
+class HealthCheck(Protocol):
+    """Signals that the database needs the backfill to back off (tasks/backfill_health.py)."""
+
+    backoff_seconds: float
+
+    def between_batches(self, *, using: str) -> str | None:
+        """Why to wait before the next batch, or None when healthy."""
+
+    def waiting_on_batch(self, *, using: str) -> int:
+        """Sessions waiting for locks the open batch transaction holds (checked pre-commit)."""
 
 
 class RunCheckpoint:
@@ -161,7 +254,7 @@ class RunCheckpoint:
             updated_at=timezone.now(), **values
         )
 
-    def record_batch(self, *, last_key: Any, rows: int) -> None:
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
         self._update(last_key=last_key, rows_done=F("rows_done") + rows, batches=F("batches") + 1)
         self.last_key = last_key
 
@@ -171,9 +264,29 @@ class RunCheckpoint:
     def record_success(self) -> None:
         self._update(status="succeeded", finished_at=timezone.now(), last_error="")
 
+    def record_cancelled(self) -> None:
+        self._update(status="cancelled", finished_at=timezone.now())
+
+    def record_throttle(self, reason: str) -> None:
+        logger.info("backfill %s backs off: %s", self.run.name, reason)
+
     def rewind(self, last_key: Any) -> None:
         self._update(last_key=last_key)
         self.last_key = last_key
+
+    def control(self) -> str:
+        """What operators asked for, from the run's status."""
+        status = (
+            type(self.run)
+            ._default_manager.using(self.using)
+            .filter(pk=self.run.pk)
+            .values_list("status", flat=True)
+            .first()
+        )
+        return {"paused": "pause", "cancelling": "cancel", "cancelled": "cancel"}.get(status, "run")
+
+    def heartbeat(self) -> None:
+        self._update()
 
 
 def open_run(
@@ -183,17 +296,22 @@ def open_run(
     using: str,
     restart: bool = False,
     today: datetime.date | None = None,
+    status: str = "running",
+    **fields: Any,
 ) -> tuple[models.Model, bool]:
     """Return the open run of backfill ``name`` to resume, or a new one; and whether it resumed.
 
     A resumed run keeps its reference date. ``restart`` cancels the open run and starts anew.
+    A new run gets ``status`` and ``fields``; a resumed one becomes "running" unless ``status``
+    is "pending" (a run left for a worker to pick up).
     """
     manager = run_model._default_manager.db_manager(using)
     with transaction.atomic(using=using):
         current = find_open_run(run_model, name=name, using=using, for_update=True)
         if current is not None and not restart:
-            manager.filter(pk=current.pk).update(status="running", updated_at=timezone.now())
-            current.refresh_from_db(using=using)
+            if status == "running":
+                manager.filter(pk=current.pk).update(status="running", updated_at=timezone.now())
+                current.refresh_from_db(using=using)
             return current, True
         if current is not None:
             manager.filter(pk=current.pk).update(
@@ -201,8 +319,9 @@ def open_run(
             )
         run = manager.create(
             name=name,
-            status="running",
+            status=status,
             reference_date=today or timezone.localdate(),
+            **fields,
         )
         return run, False
 
@@ -244,6 +363,41 @@ def preview(backfill: Backfill, *, using: str) -> dict[Any, int]:
     return dict(rows)
 
 
+def estimate_pending(backfill: Backfill, *, using: str) -> int:
+    """How many rows still need the value: PostgreSQL's estimate, an exact count elsewhere.
+
+    The estimate is the planner's row count for the pending rows (EXPLAIN, from the table's
+    statistics), so it costs nothing on a big table. A column added since the last ANALYZE has
+    no statistics, and the planner would guess 0.5% of the rows for ``IS NULL``: the column is
+    analysed first (a sample of rows; SHARE UPDATE EXCLUSIVE, which blocks no reads or writes),
+    giving up after one second if that lock is not free.
+    """
+    queryset = backfill.queryset(using)
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return queryset.count()
+    table = backfill.model._meta.db_table
+    column = backfill.model._meta.get_field(backfill.field).column
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_stats WHERE schemaname = current_schema() "
+            "AND tablename = %s AND attname = %s",
+            [table, column],
+        )
+        if cursor.fetchone() is None:
+            try:
+                with transaction.atomic(using=using):
+                    cursor.execute("SET LOCAL lock_timeout = '1s'")
+                    cursor.execute(
+                        f"ANALYZE {connection.ops.quote_name(table)} "
+                        f"({connection.ops.quote_name(column)})"
+                    )
+            except DatabaseError:
+                logger.info("could not analyse %s.%s for an estimate", table, column)
+    plan = json.loads(queryset.order_by().explain(format="json"))
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
 def is_retryable(error: DatabaseError) -> bool:
     """True for lock and statement timeouts, deadlocks, serialization failures, SQLite locks."""
     cause = error.__cause__ or error
@@ -273,9 +427,19 @@ def _configure_batch(policy: BatchPolicy, using: str) -> None:
 
 
 def _run_batch(
-    backfill: Backfill, policy: BatchPolicy, checkpoint: Checkpoint, *, using: str
-) -> tuple[int, Any] | None:
-    """One batch in one transaction: find its upper key, UPDATE, checkpoint. None when done."""
+    backfill: Backfill,
+    policy: BatchPolicy,
+    checkpoint: Checkpoint,
+    *,
+    batch_size: int,
+    using: str,
+    health: HealthCheck | None,
+) -> tuple[int, Any, int] | None:
+    """One batch in one transaction: find its upper key, UPDATE, checkpoint. None when done.
+
+    Returns the rows updated, the batch's last key and how many sessions were waiting on its
+    locks just before it committed.
+    """
     with transaction.atomic(using=using):
         _configure_batch(policy, using)
         keys = backfill.model._default_manager.using(using)
@@ -286,16 +450,24 @@ def _run_batch(
         # pending rows are sparse (a catch-up), and reads only the primary key's index.
         upper = (
             keys.order_by(backfill.key)
-            .values(backfill.key)[: policy.batch_size]
+            .values(backfill.key)[:batch_size]
             .aggregate(upper=Max(backfill.key))["upper"]
         )
         if upper is None:
             return None
+        started = time.perf_counter()
         rows = keys.filter(backfill.pending, **{f"{backfill.key}__lte": upper}).update(
             **{backfill.field: backfill.value}
         )
-        checkpoint.record_batch(last_key=upper, rows=rows)
-        return rows, upper
+        # The row locks are held until commit: this is when others can be waiting on them.
+        waiters = health.waiting_on_batch(using=using) if health is not None else 0
+        checkpoint.record_batch(
+            last_key=upper,
+            rows=rows,
+            batch_size=batch_size,
+            seconds=time.perf_counter() - started,
+        )
+        return rows, upper, waiters
 
 
 def _first_pending(backfill: Backfill, *, using: str) -> Any:
@@ -310,9 +482,12 @@ def _first_pending(backfill: Backfill, *, using: str) -> Any:
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
+                # Nor parallel workers: background work should not take every core for its
+                # scan away from the application's queries.
                 cursor.execute(
                     "SELECT set_config('enable_indexscan', 'off', true), "
-                    "set_config('enable_indexonlyscan', 'off', true)"
+                    "set_config('enable_indexonlyscan', 'off', true), "
+                    "set_config('max_parallel_workers_per_gather', '0', true)"
                 )
         return backfill.queryset(using).aggregate(first=Min(backfill.key))["first"]
 
@@ -342,8 +517,14 @@ def run_backfill(
     using: str,
     on_batch: Callable[[BatchReport], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    health: HealthCheck | None = None,
 ) -> BackfillResult:
-    """Fill ``backfill`` batch by batch from ``checkpoint`` until done or ``max_batches``.
+    """Fill ``backfill`` batch by batch from ``checkpoint`` until it is done or told to stop.
+
+    Before each batch it reads the checkpoint's control ("pause" and "cancel" return at once,
+    so operators are obeyed within one batch), and asks ``health`` whether to back off. With
+    ``policy.target_batch_ms`` the batch size follows the measured batch time
+    (:class:`BatchSizer`); ``policy.max_batches`` and ``policy.max_seconds`` bound one call.
 
     When the walk reaches the end it looks for the first pending row: one whose transaction
     committed after the walk had passed its key (ids are handed out at INSERT, rows become
@@ -351,10 +532,12 @@ def run_backfill(
     After ``MAX_PASSES`` such extra rounds the run stops unfinished and stays open.
 
     Raises :class:`BackfillFailed` when a batch still fails after ``policy.max_retries``
-    retries, after recording the error on the checkpoint.
+    retries, after recording the error on the checkpoint; :class:`LeaseLost` when another
+    process has taken the run over (the batch in flight is rolled back).
     """
     result = BackfillResult()
     started = time.perf_counter()
+    sizer = policy.sizer()
     passes = 1
     if checkpoint.last_key is None:
         # A new run starts just before the first row that needs it. After an earlier run, the
@@ -364,13 +547,44 @@ def run_backfill(
         first_pending = _first_pending(backfill, using=using)
         if first_pending is not None:
             checkpoint.rewind(_key_before(backfill, first_pending, using=using))
-    while policy.max_batches is None or result.batches < policy.max_batches:
+
+    def wait(seconds: float) -> None:
+        """Sleep in short steps, keeping the run's heartbeat fresh."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            sleep(min(left, 1.0))
+            checkpoint.heartbeat()
+
+    while True:
+        if policy.max_batches is not None and result.batches >= policy.max_batches:
+            result.stopped = "max batches"
+            break
+        if policy.max_seconds is not None and time.perf_counter() - started >= policy.max_seconds:
+            result.stopped = "time budget"
+            break
+        control = checkpoint.control()
+        if control == "pause":
+            result.stopped = "paused"
+            break
+        if control == "cancel":
+            checkpoint.record_cancelled()
+            result.stopped = "cancelled"
+            break
+        reason = health.between_batches(using=using) if health is not None else None
+        if reason is not None:
+            checkpoint.record_throttle(reason)
+            wait(health.backoff_seconds)
+            continue
         attempt = 0
         batch_started = time.perf_counter()
+        batch_size = sizer.size
         while True:
             attempt += 1
+            attempt_started = time.perf_counter()
             try:
-                outcome = _run_batch(backfill, policy, checkpoint, using=using)
+                outcome = _run_batch(
+                    backfill, policy, checkpoint, batch_size=batch_size, using=using, health=health
+                )
                 break
             except DatabaseError as error:
                 if not is_retryable(error) or attempt > policy.max_retries:
@@ -380,27 +594,46 @@ def run_backfill(
                     )
                     _record_failure(checkpoint, message)
                     raise BackfillFailed(message) from error
-                sleep(policy.backoff(attempt))
+                batch_size = sizer.shrink()
+                wait(policy.backoff(attempt))
         if outcome is None:
             first_pending = _first_pending(backfill, using=using)
             if first_pending is None:
                 checkpoint.record_success()
                 result.finished = True
+                result.stopped = "finished"
                 break
             if passes == MAX_PASSES:
-                break  # rows keep arriving: the run stays open for the next invocation
+                result.stopped = "rows keep arriving"
+                break  # the run stays open for the next invocation
             passes += 1
             if checkpoint.last_key is not None and first_pending <= checkpoint.last_key:
                 # Behind the walk: go back to just before it, not to the start of the table.
                 checkpoint.rewind(_key_before(backfill, first_pending, using=using))
             continue
-        rows, last_key = outcome
+        rows, last_key, waiters = outcome
         seconds = time.perf_counter() - batch_started
         result.rows += rows
         result.batches += 1
+        sizer.observe(keys=batch_size, seconds=time.perf_counter() - attempt_started)
         if on_batch is not None:
-            on_batch(BatchReport(rows=rows, last_key=last_key, seconds=seconds, attempts=attempt))
-        if policy.sleep:
+            on_batch(
+                BatchReport(
+                    rows=rows,
+                    last_key=last_key,
+                    seconds=seconds,
+                    attempts=attempt,
+                    batch_size=batch_size,
+                )
+            )
+        if waiters:
+            # Application sessions queued behind this batch's row locks: give them room.
+            sizer.shrink()
+            checkpoint.record_throttle(
+                f"{waiters} session(s) waited on the backfill's row locks; smaller batches"
+            )
+            wait(health.backoff_seconds)
+        elif policy.sleep:
             sleep(policy.sleep)
     result.seconds = time.perf_counter() - started
     return result

@@ -8,6 +8,7 @@ from django.db.models import F, Max, Min
 from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 
+from tasks.backfill import OPEN_STATUSES
 from tasks.priority import Priority, PriorityRule, priority_rank
 
 
@@ -156,13 +157,29 @@ class Task(models.Model):
 
 
 class BackfillRun(models.Model):
-    """The checkpoint of one run of a batched backfill, so that a killed run resumes exactly."""
+    """One run of a batched backfill: its checkpoint, its progress and who may work on it.
+
+    The checkpoint (``last_key``, ``rows_done``, ``batches``) is written in the same transaction
+    as each batch, so a killed run resumes exactly. ``status`` is also how operators steer a
+    run: the process working on it reads it before every batch. The lease (``lease_owner``,
+    ``lease_expires_at``, ``generation``) says which process that is: another one takes over
+    only once the lease has expired, and a batch whose process lost the lease meanwhile is
+    rolled back (its checkpoint write names the generation it holds).
+    """
 
     class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
         RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        CANCELLING = "cancelling", "Cancelling"
+        CANCELLED = "cancelled", "Cancelled"
         FAILED = "failed", "Failed"
         SUCCEEDED = "succeeded", "Succeeded"
-        CANCELLED = "cancelled", "Cancelled"
+
+    class Origin(models.TextChoices):
+        COMMAND = "command", "Command"
+        ADMIN = "admin", "Admin"
+        WORKER = "worker", "Worker"
 
     name = models.CharField(max_length=100, help_text="Which backfill, e.g. tasks.task.priority.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
@@ -174,17 +191,126 @@ class BackfillRun(models.Model):
     rows_done = models.BigIntegerField(default=0)
     batches = models.IntegerField(default=0)
     last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    rows_estimated = models.BigIntegerField(
+        null=True, blank=True, help_text="Rows to fill when the run started (estimated)."
+    )
+    batch_size = models.IntegerField(null=True, blank=True, help_text="Current batch size.")
+    rows_per_second = models.FloatField(null=True, blank=True, help_text="Smoothed rate.")
+    origin = models.CharField(max_length=20, choices=Origin.choices, default=Origin.COMMAND)
+    started_by = models.CharField(max_length=150, blank=True, default="")
+    background = models.BooleanField(
+        default=False, help_text="Carried out by task workers (db_worker)."
+    )
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    generation = models.IntegerField(default=0)
+    # The worker task due to carry the run on (background runs): any other is superseded.
+    worker_task_id = models.CharField(max_length=64, blank=True, default="")
+    throttle_reason = models.CharField(max_length=300, blank=True, default="")
+    throttled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at", "-id"]
         constraints = [
-            # At most one run of a backfill is open (running or resumable after a failure).
+            # At most one open run per backfill: the one every process resumes.
             models.UniqueConstraint(
                 fields=["name"],
-                condition=models.Q(status__in=["running", "failed"]),
-                name="backfillrun_one_open_per_name",
+                condition=models.Q(status__in=OPEN_STATUSES),
+                name="backfillrun_one_open",
             )
         ]
+        permissions = [("control_backfillrun", "Can start, pause, resume and cancel backfills")]
 
     def __str__(self) -> str:
         return f"{self.name} #{self.pk} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        """Not finished: the run the next invocation (or worker) carries on."""
+        return self.status in OPEN_STATUSES
+
+    @property
+    def lease_is_live(self) -> bool:
+        """A process holds the run and has renewed its lease in time."""
+        return bool(
+            self.lease_owner
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > timezone.now()
+        )
+
+    @property
+    def is_stalled(self) -> bool:
+        """Meant to be worked on, but no process has shown life for a whole lease period."""
+        if self.status not in (self.Status.RUNNING, self.Status.CANCELLING) or self.lease_is_live:
+            return False
+        silent_since = self.heartbeat_at or self.updated_at
+        limit = datetime.timedelta(seconds=settings.BACKFILL_LEASE_SECONDS)
+        return silent_since < timezone.now() - limit
+
+    @property
+    def status_label(self) -> str:
+        """The status as operators need it: a running run nobody works on says so."""
+        label = self.get_status_display().lower()
+        if self.is_stalled:
+            return f"{label} (stalled)"
+        if self.status == self.Status.RUNNING and self.throttle_reason:
+            return f"{label} (backing off)"
+        return label
+
+    @property
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the process working on the run last showed life."""
+        if self.heartbeat_at is None:
+            return None
+        return (timezone.now() - self.heartbeat_at).total_seconds()
+
+    @property
+    def progress(self) -> float | None:
+        """Fraction done (0-1), from rows done against the estimate; 1 once succeeded."""
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        if not self.rows_estimated:
+            return None
+        return min(1.0, self.rows_done / self.rows_estimated)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the smoothed rate, None when unknown or not running."""
+        if self.status != self.Status.RUNNING or not self.rows_per_second:
+            return None
+        if self.rows_estimated is None:
+            return None
+        return max(0, self.rows_estimated - self.rows_done) / self.rows_per_second
+
+
+class BackfillRunEvent(models.Model):
+    """Something that happened to a run: an operator's action, a throttle, a takeover."""
+
+    class Kind(models.TextChoices):
+        CREATED = "created", "Created"
+        PROCESSING = "processing", "Processing started"
+        ENQUEUED = "enqueued", "Enqueued for workers"
+        PAUSED = "paused", "Paused"
+        RESUMED = "resumed", "Resumed"
+        CANCEL_REQUESTED = "cancel requested", "Cancel requested"
+        CANCELLED = "cancelled", "Cancelled"
+        RETRIED = "retried", "Retried"
+        FAILED = "failed", "Failed"
+        SUCCEEDED = "succeeded", "Succeeded"
+        THROTTLED = "throttled", "Throttled"
+        TAKEN_OVER = "taken over", "Taken over"
+
+    run = models.ForeignKey(BackfillRun, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    actor = models.CharField(max_length=150, blank=True, help_text="User, or process and host.")
+    origin = models.CharField(max_length=20, choices=BackfillRun.Origin.choices, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -1,29 +1,37 @@
 """Backfilling ``Task.priority``: the priority rule plugged into the generic engine.
 
-Shared by ``manage.py backfill_priority``, the data migration (0003) and the contract
-migration's catch-up (0004), which pass historical models.
+Shared by ``manage.py backfill_priority`` (in the foreground, or on task workers), the admin,
+the data migration (0003) and the contract migration's catch-up (0004), which pass historical
+models.
 """
 
 import datetime
+import time
 from collections.abc import Callable
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from tasks.backfill import (
     Backfill,
+    BackfillBusy,
     BackfillResult,
     BatchPolicy,
     BatchReport,
+    HealthCheck,
     RunCheckpoint,
+    estimate_pending,
     exclusive_run,
     find_open_run,
     open_run,
     preview,
     run_backfill,
 )
+from tasks.backfill_control import RunStateError, process_name, process_run, record_event
 from tasks.migration_safety import without_statement_timeout
+from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
 
 PRIORITY_BACKFILL = "tasks.task.priority"
@@ -55,33 +63,134 @@ def dry_run_priority_backfill(
 
 def backfill_priority(
     *,
-    task_model: type[models.Model],
-    run_model: type[models.Model],
     using: str,
     policy: BatchPolicy,
     restart: bool = False,
+    origin: str = "command",
+    started_by: str = "",
+    health: HealthCheck | None = None,
+    lease_seconds: float | None = None,
     on_start: Callable[[models.Model, bool, int], None] | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[models.Model | None, BackfillResult]:
-    """Fill NULL priorities batch by batch, resuming the open run unless ``restart``.
+    """Fill NULL priorities in this process, resuming the open run unless ``restart``.
 
     Returns the run (None when there was nothing to do and no run to resume) and what this
-    call did. ``on_start`` is told the run, whether it resumed, and the rows pending. Raises
-    :class:`~tasks.backfill.BackfillBusy` if another process is running it.
+    call did. ``on_start`` is told the run, whether it resumed, and the rows pending. While
+    paused it waits for resume or cancel. Raises :class:`~tasks.backfill.BackfillBusy` if
+    another process holds the run, :class:`~tasks.backfill_control.RunStateError` if it is
+    paused (resume it first).
     """
+    # Held across the checks, so that a refused start writes nothing.
+    with exclusive_run(PRIORITY_BACKFILL, using=using) as exclusive:
+        pending = Task.objects.using(using).filter(PENDING).count()
+        current = find_open_run(BackfillRun, name=PRIORITY_BACKFILL, using=using)
+        if current is not None and current.status == BackfillRun.Status.PAUSED and not restart:
+            raise RunStateError(
+                f"Run #{current.pk} is paused. Resume it (manage.py backfill_priority --resume "
+                f"--database {using}) or start over with --restart."
+            )
+        if current is not None and current.lease_is_live and not exclusive:
+            raise BackfillBusy(
+                f"run #{current.pk} is being processed by {current.lease_owner} (lease until "
+                f"{current.lease_expires_at:%H:%M:%S}); pause or cancel it there, or wait"
+            )
+        if pending == 0 and current is None:
+            return None, BackfillResult(finished=True, stopped="finished")
+        run, resumed = open_run(
+            BackfillRun,
+            name=PRIORITY_BACKFILL,
+            using=using,
+            restart=restart,
+            status="pending",
+            origin=origin,
+            started_by=started_by,
+            batch_size=policy.batch_size,
+        )
+        backfill = priority_backfill(Task, run.reference_date)
+        estimate = estimate_pending(backfill, using=using)
+        BackfillRun.objects.using(using).filter(pk=run.pk).update(
+            rows_estimated=run.rows_done + estimate
+        )
+        if not resumed:
+            record_event(run, "created", using=using, actor=started_by, origin=origin)
+        if on_start is not None:
+            on_start(run, resumed, pending)
+        result = process_run(
+            run,
+            backfill,
+            policy,
+            owner=process_name(origin),
+            origin=origin,
+            using=using,
+            lease_seconds=lease_seconds or settings.BACKFILL_LEASE_SECONDS,
+            health=health,
+            on_batch=on_batch,
+            sleep=sleep,
+        )
+        run.refresh_from_db(using=using)
+        return run, result
+
+
+def start_priority_backfill(
+    *, using: str, origin: str, started_by: str, restart: bool = False
+) -> tuple[models.Model, bool]:
+    """Start (or carry on) the priority backfill on task workers; return the run and whether
+    it was already open. Raises RunStateError when there is nothing to start."""
+    from tasks.backfill_control import RunStateError, record_event
+    from tasks.background import enqueue_slice
+    from tasks.models import BackfillRun, Task
+
+    current = find_open_run(BackfillRun, name=PRIORITY_BACKFILL, using=using)
+    if current is not None and not restart:
+        if current.status == BackfillRun.Status.PAUSED:
+            raise RunStateError(f"Run #{current.pk} is paused: resume it instead.")
+        if current.lease_is_live or current.status == BackfillRun.Status.CANCELLING:
+            raise RunStateError(
+                f"Run #{current.pk} is already {current.status} "
+                f"({current.lease_owner or 'a worker is due'}). Nothing was changed."
+            )
+    elif not Task.objects.using(using).filter(PENDING).exists() and current is None:
+        raise RunStateError("Nothing to backfill: no task has a NULL priority.")
+    run, resumed = open_run(
+        BackfillRun,
+        name=PRIORITY_BACKFILL,
+        using=using,
+        restart=restart,
+        status="pending",
+        origin=origin,
+        started_by=started_by,
+        background=True,
+        batch_size=BatchPolicy().batch_size,
+    )
+    estimate = estimate_pending(priority_backfill(Task, run.reference_date), using=using)
+    BackfillRun.objects.using(using).filter(pk=run.pk).update(
+        status="pending", background=True, rows_estimated=run.rows_done + estimate
+    )
+    run.refresh_from_db(using=using)
+    if not resumed:
+        record_event(run, "created", using=using, actor=started_by, origin=origin)
+    enqueue_slice(run, using=using)
+    return run, resumed
+
+
+def _backfill_with_historical_models(
+    *, task_model: type[models.Model], run_model: type[models.Model], using: str
+) -> None:
+    """The data and contract migrations' backfill: plain checkpoint, no lease or events (their
+    historical models predate them), one process at a time through the advisory lock."""
     with exclusive_run(PRIORITY_BACKFILL, using=using):
         pending = task_model._default_manager.using(using).filter(PENDING).count()
         if pending == 0 and find_open_run(run_model, name=PRIORITY_BACKFILL, using=using) is None:
-            return None, BackfillResult(finished=True)
-        run, resumed = open_run(run_model, name=PRIORITY_BACKFILL, using=using, restart=restart)
-        if on_start is not None:
-            on_start(run, resumed, pending)
-        # The run's own date: a resumed run computes every row against the day it started.
-        backfill = priority_backfill(task_model, run.reference_date)
-        result = run_backfill(
-            backfill, policy, RunCheckpoint(run, using=using), using=using, on_batch=on_batch
+            return
+        run, _ = open_run(run_model, name=PRIORITY_BACKFILL, using=using)
+        run_backfill(
+            priority_backfill(task_model, run.reference_date),
+            BatchPolicy(target_batch_ms=settings.BACKFILL_TARGET_BATCH_MS or None),
+            RunCheckpoint(run, using=using),
+            using=using,
         )
-        return run, result
 
 
 def backfill_priority_in_migration(apps, schema_editor) -> None:
@@ -92,9 +201,8 @@ def backfill_priority_in_migration(apps, schema_editor) -> None:
     batches sets its own timeouts.
     """
     with without_statement_timeout(schema_editor.connection):
-        backfill_priority(
+        _backfill_with_historical_models(
             task_model=apps.get_model("tasks", "Task"),
             run_model=apps.get_model("tasks", "BackfillRun"),
             using=schema_editor.connection.alias,
-            policy=BatchPolicy(),
         )

@@ -67,7 +67,14 @@ def test_a_run_killed_with_sigkill_resumes_exactly_where_it_stopped(expand_step)
     # given: 20,000 legacy rows and a backfill process working through them
     seed_legacy(20_000)
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "backfill_priority", "--batch-size=500", "--sleep=0.05"],
+        [
+            sys.executable,
+            "manage.py",
+            "backfill_priority",
+            "--batch-size=500",
+            "--target-batch-ms=0",
+            "--sleep=0.05",
+        ],
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": database_url()},
         stdout=subprocess.DEVNULL,
@@ -95,7 +102,9 @@ def test_a_run_killed_with_sigkill_resumes_exactly_where_it_stopped(expand_step)
 
     # when: the command runs again
     out = StringIO()
-    call_command("backfill_priority", batch_size=500, no_progress=True, stdout=out)
+    call_command(
+        "backfill_priority", batch_size=500, target_batch_ms=0, no_progress=True, stdout=out
+    )
 
     # then: the same run carried on and finished, with the same reference date
     resumed = BackfillRun.objects.get()
@@ -168,8 +177,6 @@ def test_concurrent_inserts_and_updates_leave_no_null_and_are_never_overwritten(
     # when
     try:
         run, result = backfill_priority(
-            task_model=Task,
-            run_model=BackfillRun,
             using="default",
             policy=BatchPolicy(batch_size=400, sleep=0.01),
             on_batch=on_batch,
@@ -228,7 +235,9 @@ def test_a_lock_timeout_is_retried_then_stops_cleanly_and_resumes(expand_step):
 
     # when: the lock is gone and the command runs again
     out = StringIO()
-    call_command("backfill_priority", batch_size=10, no_progress=True, stdout=out)
+    call_command(
+        "backfill_priority", batch_size=10, target_batch_ms=0, no_progress=True, stdout=out
+    )
 
     # then
     run = BackfillRun.objects.get()
@@ -246,8 +255,6 @@ def test_a_batch_that_waits_on_a_lock_succeeds_once_the_lock_is_released(expand_
     attempts = []
     try:
         run, result = backfill_priority(
-            task_model=Task,
-            run_model=BackfillRun,
             using="default",
             policy=BatchPolicy(batch_size=10, lock_timeout_ms=100, backoff_seconds=0.2),
             on_batch=lambda report: attempts.append(report.attempts),
@@ -288,8 +295,6 @@ def test_batch_settings_do_not_leak_into_the_session(expand_step):
         before = cursor.fetchone()[0]
 
     backfill_priority(
-        task_model=Task,
-        run_model=BackfillRun,
         using="default",
         policy=BatchPolicy(batch_size=4, lock_timeout_ms=123),
     )

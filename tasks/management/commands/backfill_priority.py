@@ -1,16 +1,43 @@
-"""manage.py backfill_priority: fill NULL priorities in batches, resumably, gently."""
+"""manage.py backfill_priority: fill NULL priorities in batches, resumably, gently; and steer
+the run from another terminal (--pause, --resume, --cancel, --status)."""
 
+from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
-from tasks.backfill import BackfillBusy, BackfillFailed, BatchPolicy, BatchReport, column_state
+from tasks.backfill import (
+    BackfillBusy,
+    BackfillFailed,
+    BatchPolicy,
+    BatchReport,
+    LeaseLost,
+    column_state,
+    find_open_run,
+)
+from tasks.backfill_control import (
+    RunStateError,
+    cancel_run,
+    format_seconds,
+    pause_run,
+    process_name,
+    resume_run,
+)
+from tasks.backfill_health import DatabaseHealth
 from tasks.management.base import ProjectCommand
 from tasks.models import BackfillRun, Task
 from tasks.priority import Priority
-from tasks.priority_backfill import PENDING, backfill_priority, dry_run_priority_backfill
+from tasks.priority_backfill import (
+    PENDING,
+    PRIORITY_BACKFILL,
+    backfill_priority,
+    dry_run_priority_backfill,
+    start_priority_backfill,
+)
 
 DEFAULTS = BatchPolicy()
 MAX_BATCH_SIZE = 100_000
+ACTIONS = {"pause": pause_run, "resume": resume_run, "cancel": cancel_run}
+STATUS_ROWS = 10
 
 
 class Command(ProjectCommand):
@@ -60,10 +87,31 @@ class Command(ProjectCommand):
             f"(default: {DEFAULTS.max_retries}).",
         )
         parser.add_argument(
+            "--target-batch-ms",
+            default=None,
+            help="Grow or shrink batches so that each takes about this long; 0 keeps "
+            "--batch-size fixed (default: BACKFILL_TARGET_BATCH_MS, "
+            f"{settings.BACKFILL_TARGET_BATCH_MS:g}).",
+        )
+        parser.add_argument(
             "--restart",
             action="store_true",
             help="Cancel the open run and start a new one with today as its reference date.",
         )
+        parser.add_argument(
+            "--background",
+            action="store_true",
+            help="Do not fill here: enqueue the run for task workers "
+            "(manage.py db_worker --queue-name backfill) and return.",
+        )
+        steer = parser.add_mutually_exclusive_group()
+        for action, what in (
+            ("pause", "Pause the open run; its process stops before its next batch."),
+            ("resume", "Resume the paused run."),
+            ("cancel", "Cancel the open run; its process stops before its next batch."),
+            ("status", "Print the recent runs: status, progress, rate, ETA, heartbeat."),
+        ):
+            steer.add_argument(f"--{action}", action="store_true", help=what)
         self.add_progress_argument(parser)
         self.add_database_argument(parser)
 
@@ -72,6 +120,13 @@ class Command(ProjectCommand):
         using = self.database_alias(options["database"])
         verbosity = options["verbosity"]
         self.require_migrated(using)
+        steering = [action for action in (*ACTIONS, "status") if options[action]]
+        if steering:
+            if steering == ["status"]:
+                self.print_status(using)
+            else:
+                self.steer(steering[0], using)
+            return
         state = column_state(Task, "priority", using=using)
         if state == "missing":
             raise CommandError(
@@ -89,6 +144,9 @@ class Command(ProjectCommand):
         if options["dry_run"]:
             self.dry_run(using=using, restart=options["restart"])
             return
+        if options["background"]:
+            self.enqueue(using=using, restart=options["restart"])
+            return
 
         bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
 
@@ -105,19 +163,20 @@ class Command(ProjectCommand):
             bar.update(report.rows)
             if verbosity >= 2:
                 self.stdout.write(
-                    f"  batch up to key {report.last_key}: {report.rows:,} rows in "
-                    f"{report.seconds * 1000:.0f} ms"
+                    f"  batch of {report.batch_size:,} keys up to {report.last_key}: "
+                    f"{report.rows:,} rows in {report.seconds * 1000:.0f} ms"
                     + (f" after {report.attempts - 1} retries" if report.attempts > 1 else "")
                 )
 
         try:
             with bar:
                 run, result = backfill_priority(
-                    task_model=Task,
-                    run_model=BackfillRun,
                     using=using,
                     policy=policy,
                     restart=options["restart"],
+                    origin=BackfillRun.Origin.COMMAND,
+                    started_by=process_name("command"),
+                    health=DatabaseHealth.from_settings(Task),
                     on_start=on_start,
                     on_batch=on_batch,
                 )
@@ -128,6 +187,12 @@ class Command(ProjectCommand):
             ) from exc
         except BackfillBusy as exc:
             raise CommandError(f"Not started: {exc}.") from exc
+        except RunStateError as exc:
+            raise CommandError(str(exc)) from exc
+        except LeaseLost as exc:
+            raise CommandError(
+                f"Stopped: {exc}. That process carries on from the last checkpoint."
+            ) from exc
         except DatabaseError as exc:
             raise CommandError(
                 f"Backfill stopped by a database error: {exc}. Every committed batch is "
@@ -149,6 +214,8 @@ class Command(ProjectCommand):
         )
         if result.finished:
             self.stdout.write(self.style.SUCCESS(f"Run #{run.pk} succeeded."))
+        elif result.stopped == "cancelled":
+            self.stdout.write(self.style.NOTICE(f"Run #{run.pk} was cancelled."))
         else:
             self.stdout.write(
                 self.style.NOTICE(
@@ -160,7 +227,14 @@ class Command(ProjectCommand):
     def parse_policy(self, options) -> BatchPolicy:
         """Check every numeric option; nothing is read or written before this passes."""
         max_batches = options["max_batches"]
+        target = options["target_batch_ms"]
+        target = self.float_option(
+            "target_batch_ms",
+            settings.BACKFILL_TARGET_BATCH_MS if target is None else target,
+            minimum=0,
+        )
         return BatchPolicy(
+            target_batch_ms=target or None,
             batch_size=self.int_option(
                 "batch_size", options["batch_size"], minimum=1, maximum=MAX_BATCH_SIZE
             ),
@@ -195,3 +269,63 @@ class Command(ProjectCommand):
             self.stdout.write(f"  {label:<8} {counts.get(value, 0):>10,}")
         self.stdout.write(f"  {'Total':<8} {sum(counts.values()):>10,}")
         self.stdout.write("Nothing was written.")
+
+    def steer(self, action: str, using: str) -> None:
+        """Pause, resume or cancel the open run."""
+        run = find_open_run(BackfillRun, name=PRIORITY_BACKFILL, using=using)
+        if run is None:
+            raise CommandError(f"There is no open priority backfill run to {action}.")
+        try:
+            run = ACTIONS[action](
+                run, using=using, actor=process_name("command"), origin=BackfillRun.Origin.COMMAND
+            )
+        except RunStateError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(
+            self.style.SUCCESS(f"Run #{run.pk} is now {run.get_status_display().lower()}.")
+        )
+
+    def enqueue(self, *, using: str, restart: bool) -> None:
+        """Start or carry on the run on task workers."""
+        try:
+            run, resumed = start_priority_backfill(
+                using=using,
+                origin=BackfillRun.Origin.COMMAND,
+                started_by=process_name("command"),
+                restart=restart,
+            )
+        except RunStateError as exc:
+            raise CommandError(str(exc)) from exc
+        how = "Carrying on" if resumed else "Started"
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{how} run #{run.pk} on task workers (about {run.rows_estimated or 0:,} rows). "
+                "Workers: manage.py db_worker --queue-name backfill. Watch: "
+                "manage.py backfill_priority --status, or the admin's Backfill runs page."
+            )
+        )
+
+    def print_status(self, using: str) -> None:
+        """The recent runs, newest first."""
+        runs = BackfillRun.objects.using(using).filter(name=PRIORITY_BACKFILL)[:STATUS_ROWS]
+        if not runs:
+            self.stdout.write("No priority backfill has run on this database yet.")
+            return
+        header = (
+            f"{'run':>5}  {'status':<19} {'done':>6} {'rows done':>12} {'estimated':>12} "
+            f"{'rows/s':>8} {'ETA':>8} {'batch':>7} {'heartbeat':>10}  origin / by"
+        )
+        self.stdout.write(self.style.MIGRATE_HEADING(header))
+        for run in runs:
+            progress = "" if run.progress is None else f"{run.progress:.0%}"
+            self.stdout.write(
+                f"{'#' + str(run.pk):>5}  {run.status_label:<19} {progress:>6} "
+                f"{run.rows_done:>12,} {run.rows_estimated or 0:>12,} "
+                f"{run.rows_per_second or 0:>8,.0f} {format_seconds(run.eta_seconds):>8} "
+                f"{run.batch_size or 0:>7,} {format_seconds(run.heartbeat_age):>10}  "
+                f"{run.origin} / {run.started_by or '-'}"
+            )
+            if run.throttle_reason and run.status == BackfillRun.Status.RUNNING:
+                self.stdout.write(f"{'':7}backing off: {run.throttle_reason}")
+            if run.last_error and run.status == BackfillRun.Status.FAILED:
+                self.stdout.write(self.style.ERROR(f"{'':7}{run.last_error}"))

@@ -1,0 +1,430 @@
+"""Operating backfill runs: who works on a run, how operators steer it, and what happened.
+
+- **Leases.** A process (the command, or a worker task) works on a run only while it holds the
+  run's lease: ``lease_owner`` and ``lease_expires_at``, renewed with every batch. Taking the
+  lease bumps ``generation``; every checkpoint write names the generation it holds, so a
+  process that lost the run (its lease expired and another took over) has its batch in flight
+  rolled back instead of applied twice. An expired lease on a running run shows it as stalled.
+- **Control.** Pause, resume, cancel and retry change the run's status, in a transaction that
+  locks the run row; the process working on it reads the status before each batch, so it obeys
+  within one batch. An action that does not apply to the run's status changes nothing and
+  says why (:class:`RunStateError`).
+- **Events.** Every action, takeover, throttle and outcome is a ``BackfillRunEvent``.
+
+This works on the current models (migration 0006 on). The data and contract migrations use the
+plain :class:`~tasks.backfill.RunCheckpoint` with their historical models.
+"""
+
+import datetime
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from tasks.backfill import (
+    Backfill,
+    BackfillBusy,
+    BackfillResult,
+    BatchPolicy,
+    BatchReport,
+    HealthCheck,
+    LeaseLost,
+    RunCheckpoint,
+    exclusive_run,
+    run_backfill,
+)
+from tasks.models import BackfillRun, BackfillRunEvent
+
+Status = BackfillRun.Status
+Kind = BackfillRunEvent.Kind
+# The smoothed rows/s gives this weight to the newest batch.
+RATE_SMOOTHING = 0.2
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A duration for people: "42 s", "7 min", "2.5 h"; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class RunStateError(Exception):
+    """The action does not apply to the run in its current status; nothing was changed."""
+
+
+def process_name(role: str) -> str:
+    """Who is acting, for leases and events: the role, the OS user, the host and the pid."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{role} {user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def record_event(
+    run: BackfillRun, kind: str, *, using: str, actor: str = "", origin: str = "", message: str = ""
+) -> BackfillRunEvent:
+    """Add one line to the run's history."""
+    return BackfillRunEvent.objects.using(using).create(
+        run_id=run.pk, kind=kind, actor=actor[:150], origin=origin, message=message
+    )
+
+
+class LeasedCheckpoint(RunCheckpoint):
+    """The checkpoint of a run this process holds the lease of (see the module docstring)."""
+
+    def __init__(
+        self,
+        run: BackfillRun,
+        *,
+        using: str,
+        owner: str,
+        origin: str,
+        generation: int,
+        lease_seconds: float,
+    ) -> None:
+        super().__init__(run, using=using)
+        self.owner = owner
+        self.origin = origin
+        self.generation = generation
+        self.lease_seconds = lease_seconds
+        self.rate = run.rows_per_second
+        self.throttle_reason = ""
+        self._progress_at = time.monotonic()
+
+    def _update(self, **values: Any) -> None:
+        now = timezone.now()
+        updated = (
+            BackfillRun.objects.using(self.using)
+            .filter(pk=self.run.pk, generation=self.generation)
+            .update(
+                updated_at=now,
+                heartbeat_at=now,
+                lease_expires_at=now + datetime.timedelta(seconds=self.lease_seconds),
+                **values,
+            )
+        )
+        if not updated:
+            raise LeaseLost(
+                f"run #{self.run.pk} was taken over by another process (generation "
+                f"{self.generation} is no longer current)"
+            )
+
+    def _event(self, kind: str, message: str = "") -> None:
+        record_event(
+            self.run,
+            kind,
+            using=self.using,
+            actor=self.owner,
+            origin=self.origin,
+            message=message,
+        )
+
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
+        now = time.monotonic()
+        elapsed, self._progress_at = now - self._progress_at, now
+        if elapsed > 0:
+            # Wall-clock rate (pauses between batches included): what the ETA needs.
+            current = rows / elapsed
+            self.rate = (
+                current
+                if self.rate is None
+                else (1 - RATE_SMOOTHING) * self.rate + RATE_SMOOTHING * current
+            )
+        self._update(
+            last_key=last_key,
+            rows_done=F("rows_done") + rows,
+            batches=F("batches") + 1,
+            batch_size=batch_size,
+            rows_per_second=self.rate,
+            throttle_reason="",
+        )
+        self.last_key = last_key
+        self.throttle_reason = ""
+
+    def record_failure(self, error: str) -> None:
+        message = f"{timezone.now():%Y-%m-%d %H:%M:%S} {error}"
+        self._update(
+            status=Status.FAILED,
+            last_error=message,
+            last_error_at=timezone.now(),
+            lease_owner="",
+        )
+        self._event(Kind.FAILED, error)
+
+    def record_success(self) -> None:
+        self._update(status=Status.SUCCEEDED, finished_at=timezone.now(), lease_owner="")
+        self._event(Kind.SUCCEEDED)
+
+    def record_cancelled(self) -> None:
+        self._update(status=Status.CANCELLED, finished_at=timezone.now(), lease_owner="")
+        self._event(Kind.CANCELLED)
+
+    def record_throttle(self, reason: str) -> None:
+        self._update(throttle_reason=reason[:300], throttled_at=timezone.now())
+        if reason != self.throttle_reason:
+            self._event(Kind.THROTTLED, reason)
+        self.throttle_reason = reason
+
+    def control(self) -> str:
+        """ "run", "pause" or "cancel", as operators set the status; LeaseLost if taken over."""
+        row = (
+            BackfillRun.objects.using(self.using)
+            .filter(pk=self.run.pk)
+            .values_list("status", "generation")
+            .first()
+        )
+        if row is None or row[1] != self.generation:
+            raise LeaseLost(f"run #{self.run.pk} was taken over by another process")
+        return {Status.PAUSED: "pause", Status.CANCELLING: "cancel"}.get(row[0], "run")
+
+    def heartbeat(self) -> None:
+        self._update()
+
+    def release(self) -> None:
+        """Give the lease up (if still ours), so another process can start at once."""
+        BackfillRun.objects.using(self.using).filter(
+            pk=self.run.pk, generation=self.generation
+        ).update(lease_owner="", lease_expires_at=None)
+
+
+def claim(
+    run: BackfillRun,
+    *,
+    owner: str,
+    origin: str,
+    using: str,
+    lease_seconds: float,
+    holder_gone: bool = False,
+) -> LeasedCheckpoint | None:
+    """Take the run's lease if it is free or has expired; None if another process holds it.
+
+    ``holder_gone``: the caller knows that whoever holds the lease is dead (on PostgreSQL the
+    advisory lock of :func:`~tasks.backfill.exclusive_run` is held by every process working on
+    a run, so getting it proves the lease holder's session is gone), so there is no need to
+    wait for the lease to expire. A pending, failed or running run becomes running; a paused or
+    cancelling one keeps its status (the process then waits, or finishes the cancel). Taking
+    over a lease someone else held is recorded.
+    """
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        current = BackfillRun.objects.using(using).select_for_update().get(pk=run.pk)
+        if current.lease_is_live and current.lease_owner != owner and not holder_gone:
+            return None
+        took_over = bool(current.lease_owner) and current.lease_owner != owner
+        status = (
+            Status.RUNNING
+            if current.status in (Status.PENDING, Status.FAILED, Status.RUNNING)
+            else current.status
+        )
+        generation = current.generation + 1
+        BackfillRun.objects.using(using).filter(pk=run.pk).update(
+            status=status,
+            lease_owner=owner[:200],
+            lease_expires_at=now + datetime.timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            updated_at=now,
+            generation=generation,
+        )
+        if took_over:
+            silent = (now - current.heartbeat_at).total_seconds() if current.heartbeat_at else 0
+            message = f"from {current.lease_owner}, silent for {silent:.0f} s"
+            record_event(current, Kind.TAKEN_OVER, using=using, actor=owner, origin=origin,
+                         message=message)  # fmt: skip
+        else:
+            record_event(current, Kind.PROCESSING, using=using, actor=owner, origin=origin)
+    run.refresh_from_db(using=using)
+    return LeasedCheckpoint(
+        run,
+        using=using,
+        owner=owner,
+        origin=origin,
+        generation=generation,
+        lease_seconds=lease_seconds,
+    )
+
+
+def process_run(
+    run: BackfillRun,
+    backfill: Backfill,
+    policy: BatchPolicy,
+    *,
+    owner: str,
+    origin: str,
+    using: str,
+    lease_seconds: float,
+    health: HealthCheck | None = None,
+    wait_while_paused: bool = True,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BackfillResult:
+    """Work on ``run`` under its lease until it is done, cancelled, or stops for another reason.
+
+    Paused: with ``wait_while_paused`` (the command) the process keeps its lease and waits for
+    resume or cancel; otherwise (a worker's slice) it returns and leaves the run paused.
+    Raises :class:`~tasks.backfill.BackfillBusy` if another process holds the run.
+    """
+    with exclusive_run(run.name, using=using) as exclusive:
+        checkpoint = claim(
+            run,
+            owner=owner,
+            origin=origin,
+            using=using,
+            lease_seconds=lease_seconds,
+            holder_gone=exclusive,
+        )
+        if checkpoint is None:
+            raise BackfillBusy(
+                f"run #{run.pk} is being processed by {run.lease_owner or 'another process'} "
+                f"(lease until {run.lease_expires_at:%H:%M:%S})"
+            )
+        total = BackfillResult()
+        try:
+            while True:
+                result = run_backfill(
+                    backfill,
+                    policy,
+                    checkpoint,
+                    using=using,
+                    on_batch=on_batch,
+                    sleep=sleep,
+                    health=health,
+                )
+                total.rows += result.rows
+                total.batches += result.batches
+                total.seconds += result.seconds
+                total.finished, total.stopped = result.finished, result.stopped
+                if result.stopped != "paused" or not wait_while_paused:
+                    break
+                if _wait_for_resume(checkpoint, sleep) == "cancel":
+                    checkpoint.record_cancelled()
+                    total.stopped = "cancelled"
+                    break
+        finally:
+            checkpoint.release()
+    return total
+
+
+def _wait_for_resume(checkpoint: LeasedCheckpoint, sleep: Callable[[float], None]) -> str:
+    """While paused, keep the lease and poll every second; return "run" or "cancel"."""
+    while True:
+        sleep(1.0)
+        checkpoint.heartbeat()
+        decision = checkpoint.control()
+        if decision != "pause":
+            return decision
+
+
+def _change_status(
+    run: BackfillRun,
+    *,
+    action: str,
+    allowed: tuple[str, ...],
+    using: str,
+    actor: str,
+    origin: str,
+    decide: Callable[[BackfillRun], tuple[str, dict, str]],
+) -> BackfillRun:
+    """Lock the run row, check its status allows ``action``, apply ``decide``'s change."""
+    with transaction.atomic(using=using):
+        current = BackfillRun.objects.using(using).select_for_update().get(pk=run.pk)
+        if current.status not in allowed:
+            names = ", ".join(allowed)
+            raise RunStateError(
+                f"Run #{current.pk} is {current.get_status_display().lower()}: "
+                f"{action} applies only to a run that is {names}. Nothing was changed."
+            )
+        status, extra, kind = decide(current)
+        BackfillRun.objects.using(using).filter(pk=current.pk).update(
+            status=status, updated_at=timezone.now(), **extra
+        )
+        record_event(current, kind, using=using, actor=actor, origin=origin)
+    run.refresh_from_db(using=using)
+    return run
+
+
+def pause_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> BackfillRun:
+    """Pause a pending or running run; its process stops before its next batch."""
+    return _change_status(
+        run,
+        action="pause",
+        allowed=(Status.PENDING, Status.RUNNING),
+        using=using,
+        actor=actor,
+        origin=origin,
+        decide=lambda current: (Status.PAUSED, {}, Kind.PAUSED),
+    )
+
+
+def resume_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> BackfillRun:
+    """Resume a paused run: its waiting process carries on, or (nobody holding it) it is left
+    pending — for the next command, or for a worker, which is enqueued for background runs."""
+    run = _change_status(
+        run,
+        action="resume",
+        allowed=(Status.PAUSED,),
+        using=using,
+        actor=actor,
+        origin=origin,
+        decide=lambda current: (
+            Status.RUNNING if current.lease_is_live else Status.PENDING,
+            {},
+            Kind.RESUMED,
+        ),
+    )
+    _continue_in_background(run, using=using)
+    return run
+
+
+def cancel_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> BackfillRun:
+    """Cancel an unfinished run. A process working on it finishes the cancel before its next
+    batch (status "cancelling" until then); otherwise it is cancelled at once."""
+
+    def decide(current: BackfillRun) -> tuple[str, dict, str]:
+        if current.lease_is_live:
+            return Status.CANCELLING, {}, Kind.CANCEL_REQUESTED
+        return Status.CANCELLED, {"finished_at": timezone.now()}, Kind.CANCELLED
+
+    return _change_status(
+        run,
+        action="cancel",
+        allowed=(Status.PENDING, Status.RUNNING, Status.PAUSED, Status.FAILED),
+        using=using,
+        actor=actor,
+        origin=origin,
+        decide=decide,
+    )
+
+
+def retry_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> BackfillRun:
+    """Make a failed run pending again, from its checkpoint (a worker is enqueued for
+    background runs; otherwise the next command picks it up)."""
+    run = _change_status(
+        run,
+        action="retry",
+        allowed=(Status.FAILED,),
+        using=using,
+        actor=actor,
+        origin=origin,
+        decide=lambda current: (Status.PENDING, {}, Kind.RETRIED),
+    )
+    _continue_in_background(run, using=using)
+    return run
+
+
+def _continue_in_background(run: BackfillRun, *, using: str) -> None:
+    """Enqueue a worker task for a background run nobody is working on."""
+    if run.background and run.status == Status.PENDING:
+        from tasks.background import enqueue_slice  # the worker module imports this one
+
+        enqueue_slice(run, using=using)
