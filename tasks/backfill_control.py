@@ -45,6 +45,19 @@ Status = BackfillRun.Status
 Kind = BackfillRunEvent.Kind
 # The smoothed rows/s gives this weight to the newest batch.
 RATE_SMOOTHING = 0.2
+# Which action applies to a run in which status.
+CONTROL_STATUSES = {
+    "pause": (Status.PENDING, Status.RUNNING),
+    "resume": (Status.PAUSED,),
+    "cancel": (Status.PENDING, Status.RUNNING, Status.PAUSED, Status.FAILED),
+    "retry": (Status.FAILED,),
+}
+# Statuses in which the action has, in effect, already been taken.
+ALREADY = {
+    "pause": (Status.PAUSED,),
+    "resume": (Status.PENDING, Status.RUNNING),
+    "cancel": (Status.CANCELLING, Status.CANCELLED),
+}
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -339,10 +352,13 @@ def _change_status(
     with transaction.atomic(using=using):
         current = BackfillRun.objects.using(using).select_for_update().get(pk=run.pk)
         if current.status not in allowed:
+            state = current.get_status_display().lower()
+            if current.status in ALREADY.get(action, ()):
+                raise RunStateError(f"Run #{current.pk} is already {state}. Nothing was changed.")
             names = ", ".join(allowed)
             raise RunStateError(
-                f"Run #{current.pk} is {current.get_status_display().lower()}: "
-                f"{action} applies only to a run that is {names}. Nothing was changed."
+                f"Run #{current.pk} is {state}: {action} applies only to a run that is "
+                f"{names}. Nothing was changed."
             )
         status, extra, kind = decide(current)
         BackfillRun.objects.using(using).filter(pk=current.pk).update(
@@ -358,7 +374,7 @@ def pause_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Backf
     return _change_status(
         run,
         action="pause",
-        allowed=(Status.PENDING, Status.RUNNING),
+        allowed=CONTROL_STATUSES["pause"],
         using=using,
         actor=actor,
         origin=origin,
@@ -372,7 +388,7 @@ def resume_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Back
     run = _change_status(
         run,
         action="resume",
-        allowed=(Status.PAUSED,),
+        allowed=CONTROL_STATUSES["resume"],
         using=using,
         actor=actor,
         origin=origin,
@@ -398,7 +414,7 @@ def cancel_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Back
     return _change_status(
         run,
         action="cancel",
-        allowed=(Status.PENDING, Status.RUNNING, Status.PAUSED, Status.FAILED),
+        allowed=CONTROL_STATUSES["cancel"],
         using=using,
         actor=actor,
         origin=origin,
@@ -412,7 +428,7 @@ def retry_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Backf
     run = _change_status(
         run,
         action="retry",
-        allowed=(Status.FAILED,),
+        allowed=CONTROL_STATUSES["retry"],
         using=using,
         actor=actor,
         origin=origin,

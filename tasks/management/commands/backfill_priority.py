@@ -104,14 +104,13 @@ class Command(ProjectCommand):
             help="Do not fill here: enqueue the run for task workers "
             "(manage.py db_worker --queue-name backfill) and return.",
         )
-        steer = parser.add_mutually_exclusive_group()
         for action, what in (
             ("pause", "Pause the open run; its process stops before its next batch."),
             ("resume", "Resume the paused run."),
             ("cancel", "Cancel the open run; its process stops before its next batch."),
             ("status", "Print the recent runs: status, progress, rate, ETA, heartbeat."),
         ):
-            steer.add_argument(f"--{action}", action="store_true", help=what)
+            parser.add_argument(f"--{action}", action="store_true", help=what)
         self.add_progress_argument(parser)
         self.add_database_argument(parser)
 
@@ -121,6 +120,14 @@ class Command(ProjectCommand):
         verbosity = options["verbosity"]
         self.require_migrated(using)
         steering = [action for action in (*ACTIONS, "status") if options[action]]
+        if len(steering) > 1:
+            raise CommandError("Use only one of --pause, --resume, --cancel and --status.")
+        others = [flag for flag in ("dry_run", "background", "restart") if options[flag]]
+        if steering and others:
+            raise CommandError(
+                f"--{steering[0]} acts on the open run: it cannot be combined with "
+                f"--{others[0].replace('_', '-')}."
+            )
         if steering:
             if steering == ["status"]:
                 self.print_status(using)
