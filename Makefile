@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(DEMO) migrate sessions --verbosity 0
 	$(DEMO) migrate tasks 0002_priority_expand
 	@echo "== 2. Reference data and legacy tasks, written as the old code did (priority NULL)"
-	$(DEMO) loaddata categories roles demo
+	$(DEMO) loaddata categories roles operators demo
 	$(DEMO) seed --tasks $(DEMO_TASKS) --seed 1 --without-priority
 	@echo "== 3. Backfill in batches (resumable; try Ctrl-C and run it again)"
 	$(DEMO) backfill_priority --dry-run

@@ -65,10 +65,10 @@ def reference_data(db) -> None:
 
 @pytest.fixture
 def demo_data(reference_data) -> None:
-    """The demo users and tasks on top of the reference data."""
+    """The Operators role and the demo users and tasks, on top of the reference data."""
     from django.core.management import call_command
 
-    call_command("loaddata", "demo", verbosity=0)
+    call_command("loaddata", "operators", "demo", verbosity=0)
 
 
 @pytest.fixture

@@ -22,11 +22,16 @@ def counts() -> dict[str, int]:
 
 def test_fixtures_load_on_a_fresh_database():
     # when
-    call_command("loaddata", "categories", "roles", "demo", verbosity=0)
+    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
 
     # then
-    assert counts() == {"categories": 7, "groups": 3, "users": 3, "tasks": 8}
-    assert set(Group.objects.values_list("name", flat=True)) == {"Admin", "Manager", "Member"}
+    assert counts() == {"categories": 7, "groups": 4, "users": 3, "tasks": 8}
+    assert set(Group.objects.values_list("name", flat=True)) == {
+        "Admin",
+        "Manager",
+        "Member",
+        "Operators",
+    }
     carol = get_user_model().objects.get(username="carol")
     assert carol.is_staff and list(carol.groups.values_list("name", flat=True)) == ["Member"]
     assert Task.objects.get(pk=2).category.slug == "engineering"
@@ -34,11 +39,11 @@ def test_fixtures_load_on_a_fresh_database():
 
 def test_loading_the_fixtures_twice_creates_no_duplicates():
     # given
-    call_command("loaddata", "categories", "roles", "demo", verbosity=0)
+    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
     first = counts()
 
     # when
-    call_command("loaddata", "categories", "roles", "demo", verbosity=0)
+    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
 
     # then
     assert counts() == first
@@ -53,6 +58,20 @@ def test_roles_grant_permissions_by_natural_key():
     assert {"delete_task", "delete_category"} <= perms("Admin")
     assert "delete_task" in perms("Manager") and "delete_category" not in perms("Manager")
     assert perms("Member") == {"add_task", "change_task", "view_task", "view_category", "view_user"}
+
+
+def test_operators_view_and_steer_backfill_runs_and_alice_is_one():
+    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
+
+    operators = Group.objects.get(name="Operators")
+    alice = get_user_model().objects.get(username="alice")
+
+    assert set(operators.permissions.values_list("codename", flat=True)) == {
+        "view_backfillrun",
+        "control_backfillrun",
+    }
+    assert alice.has_perm("tasks.control_backfillrun")
+    assert not get_user_model().objects.get(username="bob").has_perm("tasks.view_backfillrun")
 
 
 def write_fixture(path, text: str):
