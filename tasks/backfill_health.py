@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models
 from django.utils.module_loading import import_string
 
@@ -72,11 +73,18 @@ class DatabaseHealth:
         """Limits from settings: BACKFILL_MAX_REPLICATION_LAG_SECONDS, BACKFILL_BACKOFF_SECONDS
         and BACKFILL_HEALTH_CHECK (a dotted path, or empty)."""
         path = settings.BACKFILL_HEALTH_CHECK
+        try:
+            user_check = import_string(path) if path else None
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"BACKFILL_HEALTH_CHECK = {path!r} cannot be imported ({exc}); set it to the "
+                "dotted path of a callable(database_alias) -> reason or None, or leave it empty."
+            ) from exc
         return cls(
             model=model,
             max_replication_lag_seconds=settings.BACKFILL_MAX_REPLICATION_LAG_SECONDS,
             backoff_seconds=settings.BACKFILL_BACKOFF_SECONDS,
-            user_check=import_string(path) if path else None,
+            user_check=user_check,
         )
 
     def between_batches(self, *, using: str) -> str | None:

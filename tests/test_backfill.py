@@ -13,7 +13,14 @@ from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tasks.backfill import Backfill, BatchPolicy, RunCheckpoint, open_run, run_backfill
+from tasks.backfill import (
+    Backfill,
+    BatchPolicy,
+    BatchSizer,
+    RunCheckpoint,
+    open_run,
+    run_backfill,
+)
 from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
 from tasks.priority_backfill import backfill_priority
@@ -337,3 +344,85 @@ def test_verbosity_0_prints_nothing(expand_step):
 
     assert out.getvalue() == ""
     assert nulls() == 0
+
+
+# -- adaptive batch size ----------------------------------------------------------------------
+
+
+def test_the_sizer_grows_at_most_a_quarter_per_batch_towards_the_target():
+    sizer = BatchSizer(size=1_000, target_seconds=0.1, minimum=100, maximum=50_000)
+
+    # 1,000 keys in 10 ms: the target would take 10,000, but growth is bounded per step
+    sizes = [sizer.observe(keys=sizer.size, seconds=sizer.size * 0.00001) for _ in range(12)]
+
+    assert sizes[:3] == [1_250, 1_562, 1_952]
+    assert sizes[-1] == 10_000  # converged on target / time per key
+
+
+def test_the_sizer_shrinks_at_most_by_half_and_smooths_one_slow_batch():
+    sizer = BatchSizer(size=8_000, target_seconds=0.1, minimum=100, maximum=50_000)
+    sizer.observe(keys=8_000, seconds=0.1)  # on target
+
+    after_spike = sizer.observe(keys=8_000, seconds=1.0)  # one batch 10x slower
+
+    assert after_spike == 4_000  # not 800: halved at most, and the spike is smoothed
+    assert sizer.shrink() == 2_000
+
+
+def test_the_sizer_keeps_within_its_bounds_and_stays_fixed_without_a_target():
+    fast = BatchSizer(size=40_000, target_seconds=0.1, minimum=100, maximum=50_000)
+    slow = BatchSizer(size=150, target_seconds=0.1, minimum=100, maximum=50_000)
+    fixed = BatchSizer(size=500)
+
+    assert fast.observe(keys=40_000, seconds=0.001) == 50_000
+    assert slow.observe(keys=150, seconds=10) == 100
+    assert fixed.observe(keys=500, seconds=10) == 500 and fixed.shrink() == 500
+
+
+def test_with_a_target_the_command_adapts_its_batches(expand_step):
+    # given: 2,000 rows; batches of 10 take far less than 100 ms
+    legacy_tasks(2_000)
+    sizes = []
+
+    # when
+    backfill_priority(
+        using="default",
+        policy=BatchPolicy(batch_size=10, target_batch_ms=100),
+        on_batch=lambda report: sizes.append(report.batch_size),
+    )
+
+    # then: the batch grew, a quarter at most each time, and the run records the last size
+    assert sizes[0] == 10 and max(sizes) > 100
+    assert all(b <= int(a * 1.25) + 1 for a, b in zip(sizes, sizes[1:], strict=False))
+    assert BackfillRun.objects.get().batch_size == sizes[-1]
+    assert nulls() == 0
+
+
+def a_busy_check(using: str) -> str | None:
+    """A user health check (BACKFILL_HEALTH_CHECK): busy for its first two calls."""
+    a_busy_check.calls = getattr(a_busy_check, "calls", 0) + 1
+    return "nightly report running" if a_busy_check.calls <= 2 else None
+
+
+def test_a_user_health_check_makes_the_backfill_wait_and_is_logged(expand_step, settings):
+    settings.BACKFILL_HEALTH_CHECK = "tests.test_backfill.a_busy_check"
+    settings.BACKFILL_BACKOFF_SECONDS = 0.05
+    a_busy_check.calls = 0
+    legacy_tasks(12)
+
+    backfill(batch_size=5)
+
+    run = BackfillRun.objects.get()
+    throttles = list(run.events.filter(kind="throttled").values_list("message", flat=True))
+    assert throttles == ["health check: nightly report running"]
+    assert a_busy_check.calls >= 3 and run.status == "succeeded" and run.throttle_reason == ""
+
+
+def test_a_health_check_path_that_does_not_import_is_a_clear_error(expand_step, settings):
+    settings.BACKFILL_HEALTH_CHECK = "tests.nowhere.check"
+    legacy_tasks(3)
+
+    with pytest.raises(CommandError, match="BACKFILL_HEALTH_CHECK"):
+        backfill()
+
+    assert nulls() == 3 and not BackfillRun.objects.exists()

@@ -2,6 +2,7 @@
 the run from another terminal (--pause, --resume, --cancel, --status)."""
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
@@ -155,6 +156,10 @@ class Command(ProjectCommand):
             self.enqueue(using=using, restart=options["restart"])
             return
 
+        try:
+            health = DatabaseHealth.from_settings(Task)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
         bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
 
         def on_start(run: BackfillRun, resumed: bool, pending: int) -> None:
@@ -183,7 +188,7 @@ class Command(ProjectCommand):
                     restart=options["restart"],
                     origin=BackfillRun.Origin.COMMAND,
                     started_by=process_name("command"),
-                    health=DatabaseHealth.from_settings(Task),
+                    health=health,
                     on_start=on_start,
                     on_batch=on_batch,
                 )
