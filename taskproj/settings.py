@@ -190,6 +190,9 @@ TASKS = {
 BACKFILL_LEASE_SECONDS = env_float("BACKFILL_LEASE_SECONDS", 30.0)
 # A worker task processes a run for this long, then hands over to the next task.
 BACKFILL_SLICE_SECONDS = env_float("BACKFILL_SLICE_SECONDS", 60.0)
+# Runs on workers: the first batch size (then adaptive), and a pause between batches.
+BACKFILL_WORKER_BATCH_SIZE = env_int("BACKFILL_WORKER_BATCH_SIZE", 3_000)
+BACKFILL_WORKER_SLEEP_SECONDS = env_float("BACKFILL_WORKER_SLEEP_SECONDS", 0.0)
 # Batches aim at this duration (0: fixed --batch-size).
 BACKFILL_TARGET_BATCH_MS = env_float("BACKFILL_TARGET_BATCH_MS", 100.0)
 # Health throttling: back off this long when a signal trips.

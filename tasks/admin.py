@@ -85,6 +85,13 @@ class BackfillRunEventInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        # A run's history is part of the run: whoever may see the run sees it.
+        return request.user.has_perm("tasks.view_backfillrun")
+
 
 def _control_action(name: str, act, description: str):
     """An admin action applying ``act`` to each selected run, reporting each outcome."""

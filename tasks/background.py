@@ -65,9 +65,9 @@ def enqueue_slice(run: BackfillRun, *, using: str, delay: float = 0.0) -> str:
 
 def slice_policy(run: BackfillRun) -> BatchPolicy:
     """One slice: adaptive batches from the run's current size, for BACKFILL_SLICE_SECONDS."""
-    initial = BatchPolicy()
     return BatchPolicy(
-        batch_size=run.batch_size or initial.batch_size,
+        batch_size=run.batch_size or settings.BACKFILL_WORKER_BATCH_SIZE,
+        sleep=settings.BACKFILL_WORKER_SLEEP_SECONDS,
         target_batch_ms=settings.BACKFILL_TARGET_BATCH_MS or None,
         max_seconds=settings.BACKFILL_SLICE_SECONDS,
     )

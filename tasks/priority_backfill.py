@@ -162,7 +162,7 @@ def start_priority_backfill(
         origin=origin,
         started_by=started_by,
         background=True,
-        batch_size=BatchPolicy().batch_size,
+        batch_size=settings.BACKFILL_WORKER_BATCH_SIZE,
     )
     estimate = estimate_pending(priority_backfill(Task, run.reference_date), using=using)
     BackfillRun.objects.using(using).filter(pk=run.pk).update(

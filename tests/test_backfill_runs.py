@@ -274,6 +274,7 @@ def test_the_run_page_offers_the_actions_its_status_allows_and_applies_them(alic
 
     assert BackfillRun.objects.get(pk=run.pk).status == Status.PAUSED
     assert f"Run #{run.pk} is now paused." in response.content.decode()
+    assert '<td class="field-kind">' in response.content.decode()  # the history inline
     assert 'id="resume-run"' in response.content.decode()
     assert run.events.get().actor == "alice" and run.events.get().origin == "admin"
 

@@ -1,0 +1,150 @@
+"""The admin in a real browser: Debian's Chromium driven by Playwright (never a downloaded
+browser), against a live server and a real task worker (`manage.py db_worker`) on PostgreSQL.
+
+Saves a screenshot of the finished run's page to test-artifacts/backfill-run.png.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from tasks.models import BackfillRun, Task
+from tests.test_backfill_postgres import database_url, seed_legacy
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.postgres
+
+if CHROMIUM is None and os.environ.get("CI", "").lower() == "true":
+    raise RuntimeError("CI=true: Debian's chromium is required (.ci/run installs it with apt)")
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """A headless Chromium page. Playwright's sync API runs an event loop in this thread, so
+    Django's guard against ORM calls from async code is lifted for the test's own queries."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        yield page
+        chromium.close()
+        # Queries made while Playwright's loop runs get connections of their own (Django keeps
+        # them per async context): close them here, or the test database cannot be dropped.
+        connections.close_all()
+
+
+@pytest.fixture
+def worker():
+    """A task worker for the backfill queue, on the test database, in slow small batches so
+    that a person (here, the test) has time to pause and resume."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "db_worker",
+            "--queue-name=backfill",
+            "--no-reload",
+            "--no-startup-delay",
+            "--interval=0.2",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "BACKFILL_TARGET_BATCH_MS": "0",
+            "BACKFILL_WORKER_SLEEP_SECONDS": "0.05",
+            "BACKFILL_SLICE_SECONDS": "5",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield process
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def rows_done() -> int:
+    return BackfillRun.objects.get().rows_done
+
+
+def test_an_operator_filters_sorts_and_runs_a_backfill_from_the_admin(
+    expand_step, live_server, browser, worker, settings
+):
+    from playwright.sync_api import expect
+
+    # given: the demo data and 20,000 legacy tasks without a priority
+    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
+    seed_legacy(20_000)
+    settings.BACKFILL_WORKER_BATCH_SIZE = 200
+    page = browser
+
+    # log in as alice, a staff user from the demo fixture
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "taskproj-demo")
+    page.click("input[type=submit]")
+    expect(page.locator("#site-name")).to_be_visible()
+
+    # filter tasks by priority, then sort by priority
+    page.goto(f"{live_server.url}/admin/tasks/task/")
+    page.get_by_role("link", name="Urgent", exact=True).click()
+    page.wait_for_url("**priority=urgent**")
+    expect(page.locator("#result_list")).to_be_visible()
+    levels = page.locator("td.field-priority_level").all_inner_texts()
+    assert levels and set(levels) == {"Urgent"}
+    page.goto(f"{live_server.url}/admin/tasks/task/")
+    page.locator("th.column-priority_level a").first.click()
+    page.wait_for_url("**o=**")
+    expect(page.locator("#result_list")).to_be_visible()
+    levels = page.locator("td.field-priority_level").all_inner_texts()
+    ranks = {"Urgent": 4, "High": 3, "Medium": 2, "Low": 1, "not set yet": 0}
+    ordered = [ranks[level] for level in levels]
+    assert ordered == sorted(ordered) or ordered == sorted(ordered, reverse=True)
+
+    # open the run list and start the backfill on the worker
+    page.goto(f"{live_server.url}/admin/tasks/backfillrun/")
+    page.click("#start-backfill")
+    expect(page.locator(".messagelist")).to_contain_text("started on task workers")
+    deadline = time.monotonic() + 60
+    while rows_done() < 2_000:
+        assert time.monotonic() < deadline and worker.poll() is None, "the worker did not start"
+        time.sleep(0.1)
+
+    # pause: the worker stops within a batch
+    page.click("#pause-run")
+    expect(page.locator(".messagelist")).to_contain_text("is now paused")
+    time.sleep(1.0)
+    paused_at = rows_done()
+    time.sleep(1.0)
+    assert rows_done() == paused_at < 20_000
+    expect(page.locator("#resume-run")).to_be_visible()
+
+    # resume, and watch the page (it reloads itself) reach 100%
+    page.click("#resume-run")
+    expect(page.locator(".messagelist")).to_contain_text("is now")
+    expect(page.locator(".field-status_column")).to_contain_text("succeeded", timeout=90_000)
+    expect(page.locator(".field-progress_column")).to_contain_text("100%")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "backfill-run.png"), full_page=True)
+    run = BackfillRun.objects.get()
+    assert run.status == "succeeded" and run.rows_done == 20_000
+    assert not Task.objects.filter(priority__isnull=True).exists()
+    kinds = set(run.events.values_list("kind", flat=True))
+    assert {"created", "enqueued", "processing", "paused", "resumed", "succeeded"} <= kinds
