@@ -15,7 +15,7 @@ DEMO_TASKS ?= 20000
 DEMO := DATABASE_URL=$(SQLITE_URL) $(PY) manage.py
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal clean
+.PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal bench-adaptive clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,9 @@ bench-locks: $(STAMP)
 
 bench-rehearsal: $(STAMP)
 	$(PY) benchmarks/rehearsal.py
+
+bench-adaptive: $(STAMP)
+	$(PY) benchmarks/adaptive.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm .pytest_cache .ruff_cache
