@@ -241,13 +241,17 @@ class BackfillRun(models.Model):
         )
 
     @property
+    def _silent_for_a_lease(self) -> bool:
+        silent_since = max(filter(None, (self.heartbeat_at, self.updated_at)))
+        limit = datetime.timedelta(seconds=settings.BACKFILL_LEASE_SECONDS)
+        return silent_since < timezone.now() - limit
+
+    @property
     def is_stalled(self) -> bool:
         """Meant to be worked on, but no process has shown life for a whole lease period."""
         if self.status not in (self.Status.RUNNING, self.Status.CANCELLING) or self.lease_is_live:
             return False
-        silent_since = self.heartbeat_at or self.updated_at
-        limit = datetime.timedelta(seconds=settings.BACKFILL_LEASE_SECONDS)
-        return silent_since < timezone.now() - limit
+        return self._silent_for_a_lease
 
     @property
     def status_label(self) -> str:
@@ -255,6 +259,8 @@ class BackfillRun(models.Model):
         label = self.get_status_display().lower()
         if self.is_stalled:
             return f"{label} (stalled)"
+        if self.status == self.Status.PENDING and self.background and self._silent_for_a_lease:
+            return f"{label} (no worker has picked it up)"
         if self.status == self.Status.RUNNING and self.throttle_reason:
             return f"{label} (backing off)"
         return label

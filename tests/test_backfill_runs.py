@@ -114,14 +114,20 @@ def test_a_run_whose_process_stopped_renewing_its_lease_is_shown_stalled(setting
     long_ago = timezone.now() - datetime.timedelta(minutes=5)
     stalled = make_run(
         Status.RUNNING, lease_owner="worker on host-a", lease_expires_at=long_ago,
-        heartbeat_at=long_ago,
+        heartbeat_at=long_ago, updated_at=long_ago,
     )  # fmt: skip
     fresh = make_run(
         Status.SUCCEEDED, lease_owner="", heartbeat_at=long_ago, rows_done=10, rows_estimated=10
     )
 
+    waiting = BackfillRun.objects.create(
+        name="another.backfill", status=Status.PENDING, reference_date=timezone.localdate(),
+        background=True, updated_at=long_ago,
+    )  # fmt: skip
+
     assert stalled.is_stalled and stalled.status_label == "running (stalled)"
     assert not fresh.is_stalled and fresh.progress == 1.0
+    assert waiting.status_label == "pending (no worker has picked it up)"
 
 
 @pytest.mark.django_db
