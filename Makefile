@@ -41,12 +41,14 @@ demo: $(STAMP)
 	@echo "== 3. Backfill in batches (resumable; try Ctrl-C and run it again)"
 	$(DEMO) backfill_priority --dry-run
 	$(DEMO) backfill_priority
+	$(DEMO) backfill_priority --status
 	@echo "== 4. Data migration (a no-op now) and contract: NOT NULL with a database default"
 	$(DEMO) migrate
 	$(DEMO) task_stats
 	@echo
 	@echo "Open the admin:  $(PY) manage.py runserver  then http://127.0.0.1:8000/admin/"
-	@echo "Log in as alice (Admin), bob (Manager) or carol (Member); password: taskproj-demo"
+	@echo "Log in as alice (Admin, Operators: Backfill runs), bob (Manager) or carol (Member);"
+	@echo "password: taskproj-demo"
 
 test: test-sqlite test-postgres
 

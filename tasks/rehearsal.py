@@ -314,12 +314,23 @@ class Traffic:
             )
 
     def reader(self, rng: random.Random) -> None:
-        """The admin's task list: one page, filtered and ordered."""
+        """The admin's task list: one page, filtered and ordered as people use it.
+
+        New code: mostly the default order (newest first) filtered by priority or not at all,
+        sometimes sorted by priority within one priority (the admin's column sort). Old code:
+        filtered by status, newest first. (An unfiltered sort by rank reads the whole table;
+        run back to back by every reader it would measure the CPU, not the rollout.)
+        """
         tasks = Task.objects.using(self.using).select_related("category", "assignee")
         if self.new_code.is_set() and rng.random() < 0.5:
-            page = tasks.order_by_priority()
-            if rng.random() < 0.7:
-                page = page.filter(priority=rng.choice(Priority.values))
+            priority = rng.choice(Priority.values)
+            choice = rng.random()
+            if choice < 0.6:
+                page = tasks.filter(priority=priority).order_by("-id")
+            elif choice < 0.8:
+                page = tasks.order_by("-id")
+            else:
+                page = tasks.filter(priority=priority).order_by_priority()
             self.timed("new list page", lambda: list(page[:PAGE_SIZE]))
             return
         page = tasks.defer("priority").filter(status=rng.choice(Task.Status.values))
