@@ -43,15 +43,17 @@ def table(report: dict, exit_code: int) -> list[str]:
         f"{settings['blocker_seconds']:g} s during expand; stall limit "
         f"{settings['stall_limit_ms']:,} ms.",
         "",
-        "| step | seconds | app queries | failed | p50 ms | p99 ms | max ms | longest lock wait "
-        "ms | rows backfilled | migrate lock retries |",
+        "| step | seconds | app queries | failed | p50 ms | p99 ms | max ms (slowest kind) | "
+        "longest lock wait ms | rows backfilled | migrate lock retries |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for step in report["steps"]:
+        by_kind = step["slowest_ms_by_kind"]
+        slowest = max(by_kind, key=by_kind.get) if by_kind else "-"
         lines.append(
             f"| {step['step']} | {step['seconds']:.1f} | {step['queries']:,} | "
             f"{step['failed_queries']} | {step['p50_ms']:.1f} | {step['p99_ms']:.1f} | "
-            f"{step['max_ms']:,.0f} | {step['longest_lock_wait_ms']:,.0f} | "
+            f"{step['max_ms']:,.0f} ({slowest}) | {step['longest_lock_wait_ms']:,.0f} | "
             f"{step['rows_backfilled']:,} | {step['migration_lock_retries']} |"
         )
     lines += [

@@ -91,6 +91,7 @@ class StepReport:
     command: str
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    slowest_by_kind: dict[str, float] = field(default_factory=dict)
     errors: Counter = field(default_factory=Counter)
     longest_lock_wait: float = 0.0
     rows_backfilled: int = 0
@@ -114,6 +115,10 @@ class StepReport:
             "p50_ms": round(percentile(ordered, 0.50) * 1000, 1),
             "p99_ms": round(percentile(ordered, 0.99) * 1000, 1),
             "max_ms": round((ordered[-1] if ordered else 0.0) * 1000, 1),
+            "slowest_ms_by_kind": {
+                kind: round(seconds * 1000, 1)
+                for kind, seconds in sorted(self.slowest_by_kind.items())
+            },
             "longest_lock_wait_ms": round(self.longest_lock_wait * 1000, 1),
             "rows_backfilled": self.rows_backfilled,
             "migration_lock_retries": self.lock_retries,
@@ -218,6 +223,8 @@ class Traffic:
             if self.current is None:
                 return
             self.current.latencies.append(seconds)
+            slowest = self.current.slowest_by_kind
+            slowest[kind] = max(seconds, slowest.get(kind, 0.0))
             if error is not None:
                 first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
                 self.current.errors[f"{kind}: {first_line}"] += 1
