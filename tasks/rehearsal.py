@@ -47,6 +47,7 @@ ROLLOUT_APP = "taskproj-rehearsal-rollout"
 BLOCKER_APP = "taskproj-rehearsal-blocker"
 PRIORITY_INDEX = "tasks_task_priority_due_idx"
 PAGE_SIZE = 100  # the admin's list_per_page
+WRITE_KINDS = frozenset({"old insert", "old update", "new insert", "new update"})
 BEFORE_PRIORITY = "0001_initial"
 # What production has before the rollout, besides tasks at 0001.
 SET_UP_APPS = ("contenttypes", "auth", "admin", "sessions")
@@ -101,6 +102,15 @@ class StepReport:
     @property
     def failed(self) -> int:
         return sum(self.errors.values())
+
+    @property
+    def slowest_write(self) -> float:
+        """The slowest INSERT or UPDATE: single-row writes do not scan, so their time is
+        (nearly all) waiting — a cross-check of the sampled lock waits."""
+        return max(
+            (seconds for kind, seconds in self.slowest_by_kind.items() if kind in WRITE_KINDS),
+            default=0.0,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The report of this step, latencies in milliseconds."""
@@ -160,10 +170,10 @@ class RehearsalReport:
                 found.append(f"{step.name}: the step itself failed: {step.step_error}")
             if step.failed:
                 found.append(f"{step.name}: {step.failed:,} application queries failed")
-            slowest = max(step.latencies, default=0.0)
-            if max(slowest, step.longest_lock_wait) > self.stall_limit:
+            waited = max(step.longest_lock_wait, step.slowest_write)
+            if waited > self.stall_limit:
                 found.append(
-                    f"{step.name}: a query waited {max(slowest, step.longest_lock_wait):.1f} s, "
+                    f"{step.name}: a query waited {waited:.1f} s, "
                     f"over the {self.stall_limit:.1f} s limit (lock_timeout + 1 s)"
                 )
         if self.end_state is None:

@@ -43,11 +43,28 @@ def test_a_failed_application_query_fails_the_rehearsal():
 
 
 def test_a_query_stalled_longer_than_lock_timeout_plus_one_second_fails_the_rehearsal():
-    slow_query = StepReport(name="expand", command="migrate", latencies=[3.2])
+    slow_write = StepReport(
+        name="expand", command="migrate", latencies=[3.2], slowest_by_kind={"old insert": 3.2}
+    )
     long_wait = StepReport(name="expand", command="migrate", longest_lock_wait=3.5)
 
-    assert "over the 3.0 s limit" in report_with(slow_query).problems()[0]
+    assert "over the 3.0 s limit" in report_with(slow_write).problems()[0]
     assert "waited 3.5 s" in report_with(long_wait).problems()[0]
+
+
+def test_a_slow_read_that_did_not_wait_is_reported_but_is_no_stall():
+    # a list page scanning an unindexed column for 3.2 s, never waiting on a lock
+    scan = StepReport(
+        name="backfill",
+        command="backfill_priority",
+        latencies=[0.01, 3.2],
+        slowest_by_kind={"new list page": 3.2, "old insert": 0.01},
+        longest_lock_wait=0.02,
+    )
+
+    assert report_with(scan).problems() == []
+    assert scan.as_dict()["max_ms"] == 3200.0
+    assert scan.as_dict()["slowest_ms_by_kind"]["new list page"] == 3200.0
 
 
 def test_a_wrong_end_state_or_an_unfinished_rollout_fails_the_rehearsal():

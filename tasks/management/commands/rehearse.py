@@ -30,7 +30,7 @@ class Command(ProjectCommand):
         "scratch PostgreSQL database created on the server of --database and dropped afterwards, "
         "while threads play old-code writers, new-code writers and admin readers. Reports per "
         "step the application queries, failures, latency and lock waits; exits non-zero if any "
-        "application query failed or waited longer than the migration lock_timeout + 1 s."
+        "application query failed or waited on a lock longer than the migration lock_timeout + 1 s."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -186,7 +186,7 @@ class Command(ProjectCommand):
         if data["ok"]:
             self.stdout.write(
                 self.style.SUCCESS(
-                    "OK: no application query failed, none waited longer than "
+                    "OK: no application query failed, none waited on a lock longer than "
                     f"{data['settings']['stall_limit_ms']:,} ms (lock_timeout + 1 s)."
                 )
             )
