@@ -24,14 +24,14 @@ from django.db import DatabaseError, connections, models, transaction
 from django.db.models import Count, F, Max, Min, Q
 from django.utils import timezone
 
-# SQLSTATEs worth retrying: lock_not_available (lock_timeout), query_canceled
-# (statement_timeout), deadlock_detected, serialization_failure.
-# https://www.postgresql.org/docs/current/errcodes-appendix.html
 logger = logging.getLogger(__name__)
 # Rounds per call: the walk, plus extra rounds for rows that appeared behind or after it. Old
 # code may keep inserting NULL rows until the contract step's default stops it; the contract's
 # catch-up takes what is left then.
 MAX_PASSES = 4
+# SQLSTATEs worth retrying: lock_not_available (lock_timeout), query_canceled
+# (statement_timeout), deadlock_detected, serialization_failure.
+# https://www.postgresql.org/docs/current/errcodes-appendix.html
 RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
 # A run in one of these states is not finished: the next invocation resumes it, and the
 # partial unique index on BackfillRun allows one per backfill.
@@ -319,8 +319,18 @@ def open_run(
                 current.refresh_from_db(using=using)
             return current, True
         if current is not None:
+            # A new generation, where the run record has one: a process still writing to the
+            # cancelled run is stopped by its next checkpoint (tasks/backfill_control.py).
+            generation = (
+                {"generation": F("generation") + 1}
+                if any(field.name == "generation" for field in run_model._meta.fields)
+                else {}
+            )
             manager.filter(pk=current.pk).update(
-                status="cancelled", finished_at=timezone.now(), updated_at=timezone.now()
+                status="cancelled",
+                finished_at=timezone.now(),
+                updated_at=timezone.now(),
+                **generation,
             )
         run = manager.create(
             name=name,
@@ -639,6 +649,6 @@ def run_backfill(
             )
             wait(health.backoff_seconds)
         elif policy.sleep:
-            sleep(policy.sleep)
+            wait(policy.sleep)  # keeping the lease: a long --sleep must not look like a crash
     result.seconds = time.perf_counter() - started
     return result

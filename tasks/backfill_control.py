@@ -11,8 +11,8 @@
   says why (:class:`RunStateError`).
 - **Events.** Every action, takeover, throttle and outcome is a ``BackfillRunEvent``.
 
-This works on the current models (migration 0006 on). The data and contract migrations use the
-plain :class:`~tasks.backfill.RunCheckpoint` with their historical models.
+This works on the current models. The data and contract migrations use the plain
+:class:`~tasks.backfill.RunCheckpoint` with their historical models.
 """
 
 import datetime
@@ -21,6 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from django.db import transaction
@@ -128,10 +129,22 @@ class LeasedCheckpoint(RunCheckpoint):
             )
         )
         if not updated:
-            raise LeaseLost(
-                f"run #{self.run.pk} was taken over by another process (generation "
-                f"{self.generation} is no longer current)"
-            )
+            raise self._lost()
+
+    def _lost(self) -> LeaseLost:
+        """Why this process no longer holds the run: cancelled, or taken over."""
+        status = (
+            BackfillRun.objects.using(self.using)
+            .filter(pk=self.run.pk)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if status == Status.CANCELLED:
+            return LeaseLost(f"run #{self.run.pk} was cancelled")
+        return LeaseLost(
+            f"run #{self.run.pk} was taken over by another process (generation "
+            f"{self.generation} is no longer current)"
+        )
 
     def _event(self, kind: str, message: str = "") -> None:
         record_event(
@@ -198,7 +211,7 @@ class LeasedCheckpoint(RunCheckpoint):
             .first()
         )
         if row is None or row[1] != self.generation:
-            raise LeaseLost(f"run #{self.run.pk} was taken over by another process")
+            raise self._lost()
         return {Status.PAUSED: "pause", Status.CANCELLING: "cancel"}.get(row[0], "run")
 
     def heartbeat(self) -> None:
@@ -249,13 +262,12 @@ def claim(
             updated_at=now,
             generation=generation,
         )
+        kind, message = Kind.PROCESSING, ""
         if took_over:
             silent = (now - current.heartbeat_at).total_seconds() if current.heartbeat_at else 0
+            kind = Kind.TAKEN_OVER
             message = f"from {current.lease_owner}, silent for {silent:.0f} s"
-            record_event(current, Kind.TAKEN_OVER, using=using, actor=owner, origin=origin,
-                         message=message)  # fmt: skip
-        else:
-            record_event(current, Kind.PROCESSING, using=using, actor=owner, origin=origin)
+        record_event(current, kind, using=using, actor=owner, origin=origin, message=message)
     run.refresh_from_db(using=using)
     return LeasedCheckpoint(
         run,
@@ -297,16 +309,19 @@ def process_run(
             holder_gone=exclusive,
         )
         if checkpoint is None:
+            run.refresh_from_db(using=using)
+            until = f"{run.lease_expires_at:%H:%M:%S}" if run.lease_expires_at else "now"
             raise BackfillBusy(
                 f"run #{run.pk} is being processed by {run.lease_owner or 'another process'} "
-                f"(lease until {run.lease_expires_at:%H:%M:%S})"
+                f"(lease until {until})"
             )
         total = BackfillResult()
+        started = time.monotonic()
         try:
             while True:
                 result = run_backfill(
                     backfill,
-                    policy,
+                    _remaining(policy, batches=total.batches, seconds=time.monotonic() - started),
                     checkpoint,
                     using=using,
                     on_batch=on_batch,
@@ -326,6 +341,16 @@ def process_run(
         finally:
             checkpoint.release()
     return total
+
+
+def _remaining(policy: BatchPolicy, *, batches: int, seconds: float) -> BatchPolicy:
+    """``policy`` with its batch and time budgets reduced by what was already spent (a run
+    resumed after a pause in the same call does not get its budgets again)."""
+    return replace(
+        policy,
+        max_batches=None if policy.max_batches is None else max(policy.max_batches - batches, 0),
+        max_seconds=None if policy.max_seconds is None else max(policy.max_seconds - seconds, 0),
+    )
 
 
 def _wait_for_resume(checkpoint: LeasedCheckpoint, sleep: Callable[[float], None]) -> str:
@@ -398,6 +423,8 @@ def resume_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Back
             Kind.RESUMED,
         ),
     )
+    # Even when a worker still holds the lease (finishing its slice after the pause), a fresh
+    # chain is started: that worker's own successor may have seen the pause and ended its chain.
     _continue_in_background(run, using=using)
     return run
 
@@ -409,7 +436,13 @@ def cancel_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Back
     def decide(current: BackfillRun) -> tuple[str, dict, str]:
         if current.lease_is_live:
             return Status.CANCELLING, {}, Kind.CANCEL_REQUESTED
-        return Status.CANCELLED, {"finished_at": timezone.now()}, Kind.CANCELLED
+        # Cancelled at once. A process whose lease merely expired (a long pause between
+        # batches, a slow scan) may still be alive: the new generation stops its next write.
+        return (
+            Status.CANCELLED,
+            {"finished_at": timezone.now(), "generation": F("generation") + 1},
+            Kind.CANCELLED,
+        )
 
     return _change_status(
         run,
@@ -439,8 +472,9 @@ def retry_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Backf
 
 
 def _continue_in_background(run: BackfillRun, *, using: str) -> None:
-    """Enqueue a worker task for a background run nobody is working on."""
-    if run.background and run.status == Status.PENDING:
+    """Start a fresh chain of worker tasks for a background run (it supersedes any other)."""
+    if run.background and run.status in (Status.PENDING, Status.RUNNING):
         from tasks.background import enqueue_slice  # the worker module imports this one
 
         enqueue_slice(run, using=using)
+        run.refresh_from_db(using=using)

@@ -22,6 +22,7 @@ import logging
 import time
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
@@ -91,6 +92,11 @@ def run_slice(run_id: int, *, task_id: str, using: str) -> str:
     definition = DEFINITIONS.get(run.name)
     if definition is None:
         return f"no definition for backfill {run.name!r}"
+    try:
+        health = DatabaseHealth.from_settings(Task)
+    except ImproperlyConfigured as exc:
+        _fail(run, str(exc), using=using)
+        return f"failed: {exc}"
     enqueue_slice(run, using=using, delay=settings.BACKFILL_SLICE_SECONDS)
     owner = process_name(f"worker task {task_id[:8]}")
     backfill: Backfill = definition(run)
@@ -105,7 +111,7 @@ def run_slice(run_id: int, *, task_id: str, using: str) -> str:
                 origin=BackfillRun.Origin.WORKER,
                 using=using,
                 lease_seconds=settings.BACKFILL_LEASE_SECONDS,
-                health=DatabaseHealth.from_settings(Task),
+                health=health,
                 wait_while_paused=False,
             )
             break
@@ -125,4 +131,20 @@ def run_slice(run_id: int, *, task_id: str, using: str) -> str:
     return (
         f"run #{run.pk}: {result.rows:,} rows in {result.batches:,} batches, "
         f"{result.seconds:.1f} s; {result.stopped}"
+    )
+
+
+def _fail(run: BackfillRun, error: str, *, using: str) -> None:
+    """Mark a run failed before any work (its settings are wrong), so operators see why."""
+    now = timezone.now()
+    BackfillRun.objects.using(using).filter(pk=run.pk).update(
+        status=BackfillRun.Status.FAILED, last_error=error, last_error_at=now, updated_at=now
+    )
+    record_event(
+        run,
+        BackfillRunEvent.Kind.FAILED,
+        using=using,
+        actor=process_name("worker"),
+        origin=BackfillRun.Origin.WORKER,
+        message=error,
     )

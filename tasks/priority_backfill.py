@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -137,53 +137,67 @@ def start_priority_backfill(
     *, using: str, origin: str, started_by: str, restart: bool = False
 ) -> tuple[models.Model, bool]:
     """Start (or carry on) the priority backfill on task workers; return the run and whether
-    it was already open. Raises RunStateError when there is nothing to start."""
-    from tasks.backfill_control import RunStateError, record_event
-    from tasks.background import enqueue_slice
-    from tasks.models import BackfillRun, Task
+    it was already open. The run and its first task are written together, or not at all.
+    Raises RunStateError when there is nothing to start."""
+    from tasks.background import enqueue_slice  # it imports this module
 
-    current = find_open_run(BackfillRun, name=PRIORITY_BACKFILL, using=using)
-    if current is not None and not restart:
-        if current.status == BackfillRun.Status.PAUSED:
-            raise RunStateError(f"Run #{current.pk} is paused: resume it instead.")
-        if current.lease_is_live or current.status == BackfillRun.Status.CANCELLING:
+    with transaction.atomic(using=using):
+        current = find_open_run(BackfillRun, name=PRIORITY_BACKFILL, using=using, for_update=True)
+        if current is not None and (current.lease_is_live or current.status == "cancelling"):
             raise RunStateError(
-                f"Run #{current.pk} is already {current.status} "
-                f"({current.lease_owner or 'a worker is due'}). Nothing was changed."
+                f"Run #{current.pk} is {current.status} "
+                f"({current.lease_owner or 'being cancelled'}). Pause or cancel it first; "
+                "nothing was changed."
             )
-    elif not Task.objects.using(using).filter(PENDING).exists() and current is None:
-        raise RunStateError("Nothing to backfill: no task has a NULL priority.")
-    run, resumed = open_run(
-        BackfillRun,
-        name=PRIORITY_BACKFILL,
-        using=using,
-        restart=restart,
-        status="pending",
-        origin=origin,
-        started_by=started_by,
-        background=True,
-        batch_size=settings.BACKFILL_WORKER_BATCH_SIZE,
-    )
-    estimate = estimate_pending(priority_backfill(Task, run.reference_date), using=using)
-    BackfillRun.objects.using(using).filter(pk=run.pk).update(
-        status="pending", background=True, rows_estimated=run.rows_done + estimate
-    )
-    run.refresh_from_db(using=using)
-    if not resumed:
-        record_event(run, "created", using=using, actor=started_by, origin=origin)
-    enqueue_slice(run, using=using)
+        if current is not None and current.status == "paused" and not restart:
+            raise RunStateError(f"Run #{current.pk} is paused: resume it instead.")
+        if current is None and not Task.objects.using(using).filter(PENDING).exists():
+            raise RunStateError("Nothing to backfill: no task has a NULL priority.")
+        run, resumed = open_run(
+            BackfillRun,
+            name=PRIORITY_BACKFILL,
+            using=using,
+            restart=restart,
+            status="pending",
+            origin=origin,
+            started_by=started_by,
+            background=True,
+            batch_size=settings.BACKFILL_WORKER_BATCH_SIZE,
+        )
+        estimate = estimate_pending(priority_backfill(Task, run.reference_date), using=using)
+        BackfillRun.objects.using(using).filter(pk=run.pk).update(
+            status="pending", background=True, rows_estimated=run.rows_done + estimate
+        )
+        run.refresh_from_db(using=using)
+        if not resumed:
+            record_event(run, "created", using=using, actor=started_by, origin=origin)
+        enqueue_slice(run, using=using)
     return run, resumed
 
 
 def _backfill_with_historical_models(
-    *, task_model: type[models.Model], run_model: type[models.Model], using: str
+    *,
+    task_model: type[models.Model],
+    run_model: type[models.Model],
+    event_model: type[models.Model],
+    using: str,
 ) -> None:
-    """The data and contract migrations' backfill: plain checkpoint, no lease or events (their
-    historical models predate them), one process at a time through the advisory lock."""
+    """The data and contract migrations' backfill: with their historical models, so a plain
+    checkpoint (no lease: the advisory lock keeps it to one process at a time)."""
     with exclusive_run(PRIORITY_BACKFILL, using=using):
         pending = task_model._default_manager.using(using).filter(PENDING).count()
-        if pending == 0 and find_open_run(run_model, name=PRIORITY_BACKFILL, using=using) is None:
+        current = find_open_run(run_model, name=PRIORITY_BACKFILL, using=using)
+        if pending == 0 and current is None:
             return
+        if current is not None and current.status in ("paused", "cancelling"):
+            # The schema change needs every row filled: the migration carries on a run an
+            # operator paused or is cancelling, and says so in its history.
+            event_model._default_manager.using(using).create(
+                run_id=current.pk,
+                kind="resumed",
+                actor="migrate (0003/0004)",
+                message=f"was {current.status}; a migration finishes the backfill",
+            )
         run, _ = open_run(run_model, name=PRIORITY_BACKFILL, using=using)
         run_backfill(
             priority_backfill(task_model, run.reference_date),
@@ -204,5 +218,6 @@ def backfill_priority_in_migration(apps, schema_editor) -> None:
         _backfill_with_historical_models(
             task_model=apps.get_model("tasks", "Task"),
             run_model=apps.get_model("tasks", "BackfillRun"),
+            event_model=apps.get_model("tasks", "BackfillRunEvent"),
             using=schema_editor.connection.alias,
         )

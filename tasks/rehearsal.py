@@ -76,6 +76,11 @@ ROLLOUT = (
 )
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of already sorted values (0 for none)."""
     if not sorted_values:
@@ -236,8 +241,7 @@ class Traffic:
             slowest = self.current.slowest_by_kind
             slowest[kind] = max(seconds, slowest.get(kind, 0.0))
             if error is not None:
-                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                self.current.errors[f"{kind}: {first_line}"] += 1
+                self.current.errors[f"{kind}: {first_line(error)}"] += 1
 
     def timed(self, kind: str, query: Callable[[], Any]) -> Any:
         """Run one application query, recording its latency and any error."""
@@ -603,7 +607,7 @@ def run_step(
                 stderr=step_stdout or io.StringIO(),
             )
     except Exception as exc:  # reported, and the rollout stops there
-        step_report.step_error = str(exc).strip().splitlines()[0]
+        step_report.step_error = first_line(exc)
     finally:
         step_report.seconds = time.monotonic() - started
         migrate_log.removeHandler(retries)

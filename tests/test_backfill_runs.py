@@ -392,3 +392,98 @@ def test_a_worker_carries_out_a_run_started_in_the_background(expand_step):
     assert not Task.objects.filter(priority__isnull=True).exists()
     assert kinds(run) == ["created", "enqueued", "processing", "succeeded"]
     assert run.lease_owner == "" and run.events.get(kind="processing").actor.startswith("worker")
+
+
+# -- faults and edges of steering ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_cancelling_a_run_whose_lease_lapsed_stops_its_still_living_process():
+    from tasks.backfill import LeaseLost
+
+    run = make_run(Status.RUNNING)
+    alive = claim(run, owner="slow command", origin="command", using="default", lease_seconds=60)
+    # its lease lapses (a long pause between batches), but the process is still there
+    BackfillRun.objects.filter(pk=run.pk).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+
+    assert act(cancel_run, run).status == Status.CANCELLED
+    with pytest.raises(LeaseLost, match="was cancelled"):
+        alive.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+    assert BackfillRun.objects.get(pk=run.pk).rows_done == 0
+
+
+def test_steering_before_the_expand_step_says_which_migration_to_apply(transactional_db):
+    call_command("migrate", "tasks", "0001", verbosity=0)
+    try:
+        with pytest.raises(CommandError, match="migrate tasks 0002_priority_expand"):
+            steer(status=True)
+    finally:
+        call_command("migrate", "tasks", verbosity=0)
+
+
+def test_background_with_a_broken_health_check_is_refused_and_writes_nothing(expand_step, settings):
+    from django_tasks_db.models import DBTaskResult
+
+    settings.BACKFILL_HEALTH_CHECK = "tests.nowhere.check"
+    legacy(3)
+
+    with pytest.raises(CommandError, match="BACKFILL_HEALTH_CHECK"):
+        steer(background=True)
+
+    assert not BackfillRun.objects.exists() and not DBTaskResult.objects.exists()
+
+
+def test_a_superseded_worker_task_does_nothing(expand_step):
+    from tasks.background import run_slice
+
+    legacy(5)
+    steer(background=True)
+    run = BackfillRun.objects.get()
+
+    outcome = run_slice(run.pk, task_id="an-older-task", using="default")
+
+    assert outcome == f"superseded by task {run.worker_task_id}"
+    assert Task.objects.filter(priority__isnull=True).count() == 5
+
+
+def test_slices_hand_the_run_over_to_their_successors(expand_step, settings):
+    from tasks.background import run_slice
+
+    # given: slices of ~0.3 s and batches of 50 with a pause, for 600 rows
+    settings.BACKFILL_SLICE_SECONDS = 0.3
+    settings.BACKFILL_WORKER_BATCH_SIZE = 50
+    settings.BACKFILL_WORKER_SLEEP_SECONDS = 0.05
+    settings.BACKFILL_TARGET_BATCH_MS = 0
+    legacy(600)
+    steer(background=True)
+    run = BackfillRun.objects.get()
+    tasks_run = []
+
+    # when: each slice's successor runs in turn, as workers would pick them up
+    while run.status != Status.SUCCEEDED and len(tasks_run) < 50:
+        task_id = run.worker_task_id
+        tasks_run.append(run_slice(run.pk, task_id=task_id, using="default"))
+        run.refresh_from_db()
+
+    # then: several slices, each carrying on from the last checkpoint
+    assert run.status == Status.SUCCEEDED and run.rows_done == 600
+    assert len(tasks_run) >= 2 and all("time budget" in t for t in tasks_run[:-1])
+    assert kinds(run).count("processing") == len(tasks_run)
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_resuming_a_background_run_starts_a_fresh_chain_of_tasks(expand_step):
+    from django_tasks_db.models import DBTaskResult
+
+    legacy(5)
+    steer(background=True)
+    run = BackfillRun.objects.get()
+    first_task = run.worker_task_id
+
+    act(pause_run, run)
+    resumed = act(resume_run, run)
+
+    assert resumed.status == Status.PENDING and resumed.worker_task_id != first_task
+    assert DBTaskResult.objects.filter(id=resumed.worker_task_id).exists()

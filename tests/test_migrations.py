@@ -263,3 +263,23 @@ def test_a_failed_validation_leaves_no_check_constraint_behind(migrator):
         constraints = connection.introspection.get_constraints(cursor, "tasks_task")
     assert not [name for name in constraints if name.endswith("_notnull")]
     assert column_state(Task, "priority", using="default") == "nullable"
+
+
+def test_the_data_migration_finishes_a_paused_run_and_records_it(migrator):
+    # given: the command stopped after one batch, then an operator paused the run
+    migrator("0002_priority_expand")
+    for i in range(4):
+        old_code_insert(f"legacy {i}")
+    call_command(
+        "backfill_priority", batch_size=2, max_batches=1, target_batch_ms=0, no_progress=True,
+        verbosity=0,
+    )  # fmt: skip
+    call_command("backfill_priority", pause=True, verbosity=0)
+
+    # when
+    migrator("0003_priority_backfill")
+
+    # then: the schema change needs every row, so the migration carried the run on, on record
+    run = BackfillRun.objects.get()
+    assert (run.status, run.rows_done) == ("succeeded", 4)
+    assert ("resumed", "migrate (0003/0004)") in run.events.values_list("kind", "actor")

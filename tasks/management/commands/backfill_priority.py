@@ -4,7 +4,7 @@ the run from another terminal (--pause, --resume, --cancel, --status)."""
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from tasks.backfill import (
     BackfillBusy,
@@ -130,6 +130,7 @@ class Command(ProjectCommand):
                 f"--{others[0].replace('_', '-')}."
             )
         if steering:
+            self.require_run_table(using)
             if steering == ["status"]:
                 self.print_status(using)
             else:
@@ -152,14 +153,15 @@ class Command(ProjectCommand):
         if options["dry_run"]:
             self.dry_run(using=using, restart=options["restart"])
             return
+        try:
+            # Checked here for runs on workers too: they read the same settings.
+            health = DatabaseHealth.from_settings(Task)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
         if options["background"]:
             self.enqueue(using=using, restart=options["restart"])
             return
 
-        try:
-            health = DatabaseHealth.from_settings(Task)
-        except ImproperlyConfigured as exc:
-            raise CommandError(str(exc)) from exc
         bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
 
         def on_start(run: BackfillRun, resumed: bool, pending: int) -> None:
@@ -282,6 +284,18 @@ class Command(ProjectCommand):
         self.stdout.write(f"  {'Total':<8} {sum(counts.values()):>10,}")
         self.stdout.write("Nothing was written.")
 
+    def require_run_table(self, using: str) -> None:
+        """Fail with the migration to apply if there is no run table yet (before expand)."""
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            tables = connection.introspection.table_names(cursor)
+        if BackfillRun._meta.db_table not in tables:
+            raise CommandError(
+                f"There are no backfill runs in database {using!r} yet: the run table comes with "
+                "the expand step (manage.py migrate tasks 0002_priority_expand "
+                f"--database {using})."
+            )
+
     def steer(self, action: str, using: str) -> None:
         """Pause, resume or cancel the open run."""
         run = find_open_run(BackfillRun, name=PRIORITY_BACKFILL, using=using)
@@ -308,6 +322,11 @@ class Command(ProjectCommand):
             )
         except RunStateError as exc:
             raise CommandError(str(exc)) from exc
+        except DatabaseError as exc:
+            raise CommandError(
+                f"Could not enqueue the run ({exc}); nothing was written. The task tables come "
+                f"with the django_tasks_db app: manage.py migrate --database {using}"
+            ) from exc
         how = "Carrying on" if resumed else "Started"
         self.stdout.write(
             self.style.SUCCESS(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
@@ -112,7 +113,8 @@ class Command(ProjectCommand):
         try:
             report = rehearse(
                 using=using,
-                scratch_name=f"taskproj_rehearsal_{os.getpid()}",
+                # Unique per run: two rehearsals on one server never share (or drop) one.
+                scratch_name=f"taskproj_rehearsal_{os.getpid()}_{secrets.token_hex(4)}",
                 tasks=tasks,
                 rate=rate,
                 clients=clients,
