@@ -279,7 +279,8 @@ class BackfillRun(models.Model):
             return 1.0
         if not self.rows_estimated:
             return None
-        return min(1.0, self.rows_done / self.rows_estimated)
+        # The estimate can be low (planner statistics): never show 100% before it is done.
+        return min(0.99, self.rows_done / self.rows_estimated)
 
     @property
     def eta_seconds(self) -> float | None:

@@ -127,6 +127,9 @@ def test_a_run_whose_process_stopped_renewing_its_lease_is_shown_stalled(setting
 
     assert stalled.is_stalled and stalled.status_label == "running (stalled)"
     assert not fresh.is_stalled and fresh.progress == 1.0
+    # an estimate that was too low never shows a running run as done
+    low_estimate = BackfillRun(status=Status.PAUSED, rows_done=130, rows_estimated=100)
+    assert low_estimate.progress == 0.99
     assert waiting.status_label == "pending (no worker has picked it up)"
 
 
