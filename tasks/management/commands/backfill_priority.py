@@ -52,7 +52,8 @@ class Command(ProjectCommand):
         parser.add_argument(
             "--batch-size",
             default=str(DEFAULTS.batch_size),
-            help=f"Rows per batch, 1 to {MAX_BATCH_SIZE:,} (default: {DEFAULTS.batch_size:,}).",
+            help=f"Rows in the first batch, 1 to {MAX_BATCH_SIZE:,}; all batches with "
+            f"--target-batch-ms 0 (default: {DEFAULTS.batch_size:,}).",
         )
         parser.add_argument(
             "--sleep",
