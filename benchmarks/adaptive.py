@@ -25,7 +25,14 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, manage, run, scratch_database, write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    manage,
+    run,
+    scratch_database,
+    seed_legacy,
+    write_section,
+)
 
 BATCH_LINE = re.compile(r"batch of ([\d,]+) keys up to \S+: ([\d,]+) rows in (\d+) ms")
 LOAD = """
@@ -103,17 +110,8 @@ def main() -> None:
 
     with scratch_database("taskproj_bench_adaptive") as url:
         env = {"DATABASE_URL": url}
-        for app in ("contenttypes", "auth", "admin", "sessions"):
-            run(manage("migrate", app, "-v0"), env_extra=env)
-        run(manage("migrate", "tasks", "0001", "-v0"), env_extra=env)
-        run(
-            manage(
-                "seed", f"--tasks={args.tasks}", "--seed=1", "--without-priority", "--no-progress"
-            ),
-            env_extra=env,
-        )
+        seed_legacy(url, args.tasks)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE tasks_task")
             conn.execute(
                 "CREATE TABLE ballast AS SELECT n, md5(n::text) AS payload "
                 "FROM generate_series(1, 2000000) n"

@@ -27,6 +27,7 @@ from benchmarks.common import (  # noqa: E402
     manage,
     run,
     scratch_database,
+    seed_legacy,
     server_url,
     write_section,
 )
@@ -39,16 +40,7 @@ def prepare_template(name: str, tasks: int) -> None:
     with psycopg.connect(server_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    env = {"DATABASE_URL": database_url(name)}
-    for app in ("contenttypes", "auth", "admin", "sessions"):
-        run(manage("migrate", app, "-v0"), env_extra=env)
-    run(manage("migrate", "tasks", "0002_priority_expand", "-v0"), env_extra=env)
-    run(
-        manage("seed", f"--tasks={tasks}", "--seed=1", "--without-priority", "--no-progress"),
-        env_extra=env,
-    )
-    with psycopg.connect(database_url(name), autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE tasks_task")
+    seed_legacy(database_url(name), tasks, step="0002_priority_expand")
 
 
 @contextmanager

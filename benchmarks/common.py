@@ -62,6 +62,21 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), *args]
 
 
+def seed_legacy(url: str, tasks: int, *, step: str = "0001_initial") -> None:
+    """Production before the rollout, in database ``url``: the other apps migrated, tasks at
+    ``step``, ``tasks`` legacy rows without a priority, vacuumed and analysed."""
+    env = {"DATABASE_URL": url}
+    for app in ("contenttypes", "auth", "admin", "sessions"):
+        run(manage("migrate", app, "-v0"), env_extra=env)
+    run(manage("migrate", "tasks", step, "-v0"), env_extra=env)
+    run(
+        manage("seed", f"--tasks={tasks}", "--seed=1", "--without-priority", "--no-progress"),
+        env_extra=env,
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE tasks_task")
+
+
 def write_section(key: str, markdown: str) -> None:
     """Replace (or append) the section between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"

@@ -26,7 +26,13 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import manage, run, scratch_database, write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    manage,
+    run,
+    scratch_database,
+    seed_legacy,
+    write_section,
+)
 
 APP_NAME = "taskproj-rollout-step"
 
@@ -143,18 +149,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with scratch_database("taskproj_bench_locks") as url:
-        env = {"DATABASE_URL": url}
-        for app in ("contenttypes", "auth", "admin", "sessions"):
-            run(manage("migrate", app, "-v0"), env_extra=env)
-        run(manage("migrate", "tasks", "0001", "-v0"), env_extra=env)
-        run(
-            manage(
-                "seed", f"--tasks={args.tasks}", "--seed=1", "--without-priority", "--no-progress"
-            ),
-            env_extra=env,
-        )
+        seed_legacy(url, args.tasks)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE tasks_task")
             max_id = conn.execute("SELECT max(id) FROM tasks_task").fetchone()[0]
 
         steps = {

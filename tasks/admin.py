@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from tasks.backfill import OPEN_STATUSES
 from tasks.backfill_control import (
     CONTROL_STATUSES,
+    CONTROLS,
     RunStateError,
     cancel_run,
     format_seconds,
@@ -185,7 +186,6 @@ class BackfillRunAdmin(admin.ModelAdmin):
         _control_action("cancel", cancel_run, "Cancel selected runs"),
         _control_action("retry", retry_run, "Retry selected failed runs"),
     ]
-    CONTROLS = {"pause": pause_run, "resume": resume_run, "cancel": cancel_run, "retry": retry_run}
     REFRESH_SECONDS = 3
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -257,14 +257,14 @@ class BackfillRunAdmin(admin.ModelAdmin):
 
     def control_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
         """POST from the run page's buttons: pause, resume, cancel or retry this run."""
-        if request.method != "POST" or action not in self.CONTROLS:
+        if request.method != "POST" or action not in CONTROLS:
             return HttpResponseNotAllowed(["POST"])
         if not self.has_control_permission(request):
             raise PermissionDenied
         run = self.get_object(request, object_id)
         if run is None:
             raise Http404
-        self.apply(request, run, self.CONTROLS[action])
+        self.apply(request, run, CONTROLS[action])
         return redirect("admin:tasks_backfillrun_change", run.pk)
 
     def start_view(self, request: HttpRequest) -> HttpResponse:

@@ -367,13 +367,13 @@ def _change_status(
     run: BackfillRun,
     *,
     action: str,
-    allowed: tuple[str, ...],
     using: str,
     actor: str,
     origin: str,
     decide: Callable[[BackfillRun], tuple[str, dict, str]],
 ) -> BackfillRun:
     """Lock the run row, check its status allows ``action``, apply ``decide``'s change."""
+    allowed = CONTROL_STATUSES[action]
     with transaction.atomic(using=using):
         current = BackfillRun.objects.using(using).select_for_update().get(pk=run.pk)
         if current.status not in allowed:
@@ -399,7 +399,6 @@ def pause_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Backf
     return _change_status(
         run,
         action="pause",
-        allowed=CONTROL_STATUSES["pause"],
         using=using,
         actor=actor,
         origin=origin,
@@ -413,7 +412,6 @@ def resume_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Back
     run = _change_status(
         run,
         action="resume",
-        allowed=CONTROL_STATUSES["resume"],
         using=using,
         actor=actor,
         origin=origin,
@@ -447,7 +445,6 @@ def cancel_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Back
     return _change_status(
         run,
         action="cancel",
-        allowed=CONTROL_STATUSES["cancel"],
         using=using,
         actor=actor,
         origin=origin,
@@ -461,7 +458,6 @@ def retry_run(run: BackfillRun, *, using: str, actor: str, origin: str) -> Backf
     run = _change_status(
         run,
         action="retry",
-        allowed=CONTROL_STATUSES["retry"],
         using=using,
         actor=actor,
         origin=origin,
@@ -478,3 +474,7 @@ def _continue_in_background(run: BackfillRun, *, using: str) -> None:
 
         enqueue_slice(run, using=using)
         run.refresh_from_db(using=using)
+
+
+# The operators' actions, by name (the command's flags and the admin's buttons).
+CONTROLS = {"pause": pause_run, "resume": resume_run, "cancel": cancel_run, "retry": retry_run}

@@ -98,23 +98,14 @@ def backfill_priority(
             )
         if pending == 0 and current is None:
             return None, BackfillResult(finished=True, stopped="finished")
-        run, resumed = open_run(
-            BackfillRun,
-            name=PRIORITY_BACKFILL,
+        run, resumed = _open_priority_run(
             using=using,
             restart=restart,
-            status="pending",
             origin=origin,
             started_by=started_by,
             batch_size=policy.batch_size,
         )
         backfill = priority_backfill(Task, run.reference_date)
-        estimate = estimate_pending(backfill, using=using)
-        BackfillRun.objects.using(using).filter(pk=run.pk).update(
-            rows_estimated=run.rows_done + estimate
-        )
-        if not resumed:
-            record_event(run, "created", using=using, actor=started_by, origin=origin)
         if on_start is not None:
             on_start(run, resumed, pending)
         result = process_run(
@@ -153,25 +144,48 @@ def start_priority_backfill(
             raise RunStateError(f"Run #{current.pk} is paused: resume it instead.")
         if current is None and not Task.objects.using(using).filter(PENDING).exists():
             raise RunStateError("Nothing to backfill: no task has a NULL priority.")
-        run, resumed = open_run(
-            BackfillRun,
-            name=PRIORITY_BACKFILL,
+        run, resumed = _open_priority_run(
             using=using,
             restart=restart,
-            status="pending",
             origin=origin,
             started_by=started_by,
-            background=True,
             batch_size=settings.BACKFILL_WORKER_BATCH_SIZE,
+            background=True,
         )
-        estimate = estimate_pending(priority_backfill(Task, run.reference_date), using=using)
-        BackfillRun.objects.using(using).filter(pk=run.pk).update(
-            status="pending", background=True, rows_estimated=run.rows_done + estimate
-        )
-        run.refresh_from_db(using=using)
-        if not resumed:
-            record_event(run, "created", using=using, actor=started_by, origin=origin)
         enqueue_slice(run, using=using)
+    return run, resumed
+
+
+def _open_priority_run(
+    *,
+    using: str,
+    restart: bool,
+    origin: str,
+    started_by: str,
+    batch_size: int,
+    background: bool = False,
+) -> tuple[models.Model, bool]:
+    """The open run to carry on, or a new one; with its estimate of the rows left, and its
+    creation recorded. ``background`` runs are left pending for task workers."""
+    run, resumed = open_run(
+        BackfillRun,
+        name=PRIORITY_BACKFILL,
+        using=using,
+        restart=restart,
+        status="pending",
+        origin=origin,
+        started_by=started_by,
+        background=background,
+        batch_size=batch_size,
+    )
+    estimate = estimate_pending(priority_backfill(Task, run.reference_date), using=using)
+    carry_on = {"status": "pending", "background": True} if background else {}
+    BackfillRun.objects.using(using).filter(pk=run.pk).update(
+        rows_estimated=run.rows_done + estimate, **carry_on
+    )
+    run.refresh_from_db(using=using)
+    if not resumed:
+        record_event(run, "created", using=using, actor=started_by, origin=origin)
     return run, resumed
 
 

@@ -16,12 +16,10 @@ from tasks.backfill import (
     find_open_run,
 )
 from tasks.backfill_control import (
+    CONTROLS,
     RunStateError,
-    cancel_run,
     format_seconds,
-    pause_run,
     process_name,
-    resume_run,
 )
 from tasks.backfill_health import DatabaseHealth
 from tasks.management.base import ProjectCommand
@@ -37,7 +35,8 @@ from tasks.priority_backfill import (
 
 DEFAULTS = BatchPolicy()
 MAX_BATCH_SIZE = 100_000
-ACTIONS = {"pause": pause_run, "resume": resume_run, "cancel": cancel_run}
+# Retry is running the command again.
+STEERING = ("pause", "resume", "cancel")
 STATUS_ROWS = 10
 
 
@@ -121,7 +120,7 @@ class Command(ProjectCommand):
         using = self.database_alias(options["database"])
         verbosity = options["verbosity"]
         self.require_migrated(using)
-        steering = [action for action in (*ACTIONS, "status") if options[action]]
+        steering = [action for action in (*STEERING, "status") if options[action]]
         if len(steering) > 1:
             raise CommandError("Use only one of --pause, --resume, --cancel and --status.")
         others = [flag for flag in ("dry_run", "background", "restart") if options[flag]]
@@ -303,7 +302,7 @@ class Command(ProjectCommand):
         if run is None:
             raise CommandError(f"There is no open priority backfill run to {action}.")
         try:
-            run = ACTIONS[action](
+            run = CONTROLS[action](
                 run, using=using, actor=process_name("command"), origin=BackfillRun.Origin.COMMAND
             )
         except RunStateError as exc:
