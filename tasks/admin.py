@@ -1,5 +1,6 @@
 """The Django admin, the project's user interface; staff only, permissions from the role groups."""
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import router
@@ -275,9 +276,12 @@ class BackfillRunAdmin(admin.ModelAdmin):
             raise PermissionDenied
         try:
             run, resumed = start_priority_backfill(
-                using=self._db(), origin="admin", started_by=request.user.get_username()
+                using=self._db(),
+                origin="admin",
+                started_by=request.user.get_username(),
+                workers=settings.BACKFILL_WORKERS,
             )
-        except RunStateError as exc:
+        except (RunStateError, ValueError) as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return redirect("admin:tasks_backfillrun_changelist")
         how = "carries on" if resumed else "started"

@@ -14,10 +14,11 @@ historical, so migrations can use it), the column, the value expression and the 
 import datetime
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections, models, transaction
@@ -40,17 +41,28 @@ OPEN_STATUSES = ("pending", "running", "paused", "cancelling", "failed")
 
 @dataclass(frozen=True)
 class Backfill:
-    """What to fill: ``model.field = value`` on the rows matching ``pending``, walked by ``key``."""
+    """What to fill: ``model.field = value`` on the rows matching ``pending``, walked by ``key``
+    (up to ``upto`` inclusive; None: to the end of the table)."""
 
     model: type[models.Model]
     field: str
     value: Any
     pending: Q
     key: str = "pk"
+    upto: Any = None
 
     def queryset(self, using: str) -> models.QuerySet:
         """The rows that still need the value."""
         return self.model._default_manager.using(using).filter(self.pending)
+
+    def within(self, after: Any, upto: Any) -> "Backfill":
+        """The same backfill restricted to keys in (``after``, ``upto``]; None: unbounded."""
+        bounds = Q()
+        if after is not None:
+            bounds &= Q(**{f"{self.key}__gt": after})
+        if upto is not None:
+            bounds &= Q(**{f"{self.key}__lte": upto})
+        return replace(self, pending=self.pending & bounds, upto=upto)
 
 
 @dataclass(frozen=True)
@@ -209,7 +221,9 @@ class Checkpoint(Protocol):
     """Where a run's progress is kept, and how it is steered.
 
     ``record_batch`` runs inside the batch's transaction (and may raise :class:`LeaseLost` to
-    roll it back). ``control`` is read before every batch: "run", "pause" or "cancel".
+    roll it back). ``control`` is read before every batch: "run", "pause", "cancel", or "stop"
+    (return without recording anything: another lane of a parallel run failed, or the run's
+    batch budget is spent).
     """
 
     last_key: Any
@@ -460,6 +474,8 @@ def _run_batch(
         keys = backfill.model._default_manager.using(using)
         if checkpoint.last_key is not None:
             keys = keys.filter(**{f"{backfill.key}__gt": checkpoint.last_key})
+        if backfill.upto is not None:
+            keys = keys.filter(**{f"{backfill.key}__lte": backfill.upto})
         # Keyset: the batch ends at the batch_size-th key after the checkpoint. Walking every
         # key, not only pending ones, keeps each statement bounded by the batch size even when
         # pending rows are sparse (a catch-up), and reads only the primary key's index.
@@ -533,6 +549,7 @@ def run_backfill(
     on_batch: Callable[[BatchReport], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     health: HealthCheck | None = None,
+    settle: bool = True,
 ) -> BackfillResult:
     """Fill ``backfill`` batch by batch from ``checkpoint`` until it is done or told to stop.
 
@@ -544,7 +561,9 @@ def run_backfill(
     When the walk reaches the end it looks for the first pending row: one whose transaction
     committed after the walk had passed its key (ids are handed out at INSERT, rows become
     visible at COMMIT) sends the walk back to just before it; rows inserted meanwhile extend it.
-    After ``MAX_PASSES`` such extra rounds the run stops unfinished and stays open.
+    After ``MAX_PASSES`` such extra rounds the run stops unfinished and stays open. Without
+    ``settle`` the walk is done at its end, and the caller looks for such rows (the lanes of a
+    parallel run: one look after all of them, rather than one scan per lane).
 
     Raises :class:`BackfillFailed` when a batch still fails after ``policy.max_retries``
     retries, after recording the error on the checkpoint; :class:`LeaseLost` when another
@@ -560,6 +579,11 @@ def run_backfill(
         # would read every key again: the data migration after a finished run took 11.8 s at
         # 1,000,000 rows under traffic (manage.py rehearse), for a few hundred rows.
         first_pending = _first_pending(backfill, using=using)
+        if first_pending is None and checkpoint.control() == "run":
+            checkpoint.record_success()
+            result.finished, result.stopped = True, "finished"
+            result.seconds = time.perf_counter() - started
+            return result
         if first_pending is not None:
             checkpoint.rewind(_key_before(backfill, first_pending, using=using))
 
@@ -584,6 +608,9 @@ def run_backfill(
         if control == "cancel":
             checkpoint.record_cancelled()
             result.stopped = "cancelled"
+            break
+        if control == "stop":
+            result.stopped = "stopped"
             break
         reason = health.between_batches(using=using) if health is not None else None
         if reason is not None:
@@ -612,7 +639,7 @@ def run_backfill(
                 batch_size = sizer.shrink()
                 wait(policy.backoff(attempt))
         if outcome is None:
-            first_pending = _first_pending(backfill, using=using)
+            first_pending = _first_pending(backfill, using=using) if settle else None
             if first_pending is None:
                 checkpoint.record_success()
                 result.finished = True
@@ -652,3 +679,149 @@ def run_backfill(
             wait(policy.sleep)  # keeping the lease: a long --sleep must not look like a crash
     result.seconds = time.perf_counter() - started
     return result
+
+
+def check_workers(workers: int, *, using: str) -> None:
+    """Refuse parallel lanes where they cannot help: SQLite lets one connection write at a
+    time, so a second one would only wait for the database lock."""
+    vendor = connections[using].vendor
+    if workers > 1 and vendor != "postgresql":
+        raise ValueError(
+            f"{workers} workers need PostgreSQL: database {using!r} is {vendor}, where one "
+            "connection writes at a time. Use 1 worker."
+        )
+
+
+def plan_lanes(backfill: Backfill, lanes: int, *, using: str) -> list[tuple[Any, Any]]:
+    """Split the keys still to walk into at most ``lanes`` ranges ``(after, upto]`` of equal
+    width, from just before the first pending row to the largest key now. The last range is
+    open-ended (``upto`` None), so rows inserted meanwhile fall into it. Empty when nothing is
+    pending. The key must be an integer (an auto-incremented primary key, typically): equal
+    widths of the key range make lanes of similar size."""
+    key_field = (
+        backfill.model._meta.pk
+        if backfill.key == "pk"
+        else backfill.model._meta.get_field(backfill.key)
+    )
+    if not isinstance(key_field, models.IntegerField):
+        raise ValueError(
+            f"parallel lanes need an integer key; {backfill.model.__name__}.{key_field.name} "
+            f"is a {key_field.get_internal_type()}"
+        )
+    first = _first_pending(backfill, using=using)
+    if first is None:
+        return []
+    last = (
+        backfill.model._default_manager.using(using)
+        .filter(**{f"{backfill.key}__gte": first})
+        .aggregate(last=Max(backfill.key))["last"]
+    )
+    count = max(1, min(lanes, last - first + 1))
+    width = (last - first + 1) / count
+    bounds = [first - 1 + round(width * number) for number in range(count)]
+    return list(zip(bounds, [*bounds[1:], None], strict=True))
+
+
+def run_lanes(
+    lanes: Sequence[tuple[Backfill, Checkpoint]],
+    policy: BatchPolicy,
+    *,
+    workers: int,
+    using: str,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    health: HealthCheck | None = None,
+) -> BackfillResult:
+    """Walk the ``lanes`` of a parallel run with :func:`run_backfill`, ``workers`` at a time.
+
+    Each worker is a thread with its own database connection (closed when it ends) that takes
+    lanes ``i, i + workers, ...`` in turn; the lanes' key ranges are disjoint, so the workers
+    never wait on each other's row locks. A lane that raises stops the others before their next
+    batch, and its exception is raised once every worker has stopped. ``policy.max_batches``
+    bounds all lanes together; ``on_batch`` is called from the workers, one call at a time.
+    A lane is finished when its walk reaches its end: rows committed behind the walks are the
+    caller's to look for, once for all lanes.
+
+    The result is finished when every lane is; "paused" or "cancelled" when a lane saw that.
+    Each lane's checkpoint decides what its success and cancellation mean for the run.
+    """
+    lock = threading.Lock()
+    stop = threading.Event()
+    results: list[BackfillResult] = []
+    errors: list[BaseException] = []
+    batches = 0
+    started = time.perf_counter()
+
+    def budget_spent() -> bool:
+        return policy.max_batches is not None and batches >= policy.max_batches
+
+    def report(batch: BatchReport) -> None:
+        nonlocal batches
+        with lock:
+            batches += 1
+            if on_batch is not None:
+                on_batch(batch)
+
+    def walk(mine: Sequence[tuple[Backfill, Checkpoint]]) -> None:
+        try:
+            for backfill, checkpoint in mine:
+                result = run_backfill(
+                    backfill,
+                    replace(policy, max_batches=None),
+                    _Steered(checkpoint, lambda: stop.is_set() or budget_spent()),
+                    using=using,
+                    on_batch=report,
+                    sleep=sleep,
+                    health=health,
+                    settle=False,
+                )
+                with lock:
+                    results.append(result)
+                if result.stopped != "finished":
+                    break
+        except BaseException as error:  # re-raised by the caller's thread below
+            with lock:
+                errors.append(error)
+            stop.set()
+        finally:
+            connections[using].close()
+
+    threads = [
+        threading.Thread(target=walk, args=(lanes[number::workers],), name=f"backfill-{number}")
+        for number in range(min(workers, len(lanes)))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    stopped = {result.stopped for result in results}
+    total = BackfillResult(
+        rows=sum(result.rows for result in results),
+        batches=batches,
+        seconds=time.perf_counter() - started,
+        finished=len(results) == len(lanes) and stopped <= {"finished"},
+    )
+    reasons = ("cancelled", "paused", "time budget")
+    if total.finished:
+        total.stopped = "finished"
+    elif budget_spent() and not stopped & {"cancelled", "paused"}:
+        total.stopped = "max batches"
+    else:
+        total.stopped = next((reason for reason in reasons if reason in stopped), "stopped")
+    return total
+
+
+class _Steered:
+    """A lane's checkpoint, told to stop when ``should_stop`` says so (see :func:`run_lanes`)."""
+
+    def __init__(self, checkpoint: Checkpoint, should_stop: Callable[[], bool]) -> None:
+        self._checkpoint = checkpoint
+        self._should_stop = should_stop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._checkpoint, name)
+
+    def control(self) -> str:
+        return "stop" if self._should_stop() else self._checkpoint.control()

@@ -19,6 +19,7 @@ import datetime
 import getpass
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -37,10 +38,13 @@ from tasks.backfill import (
     HealthCheck,
     LeaseLost,
     RunCheckpoint,
+    check_workers,
     exclusive_run,
+    plan_lanes,
     run_backfill,
+    run_lanes,
 )
-from tasks.models import BackfillRun, BackfillRunEvent
+from tasks.models import BackfillLane, BackfillRun, BackfillRunEvent
 
 Status = BackfillRun.Status
 Kind = BackfillRunEvent.Kind
@@ -94,6 +98,30 @@ def record_event(
     )
 
 
+class RateMeter:
+    """The run's smoothed wall-clock rate (pauses between batches included: what the ETA
+    needs), fed by every batch of every lane."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, rows: int) -> float | None:
+        """Count a batch of ``rows`` just committed; return the new rate."""
+        with self._lock:
+            now = time.monotonic()
+            elapsed, self._at = now - self._at, now
+            if elapsed > 0:
+                current = rows / elapsed
+                self.rate = (
+                    current
+                    if self.rate is None
+                    else (1 - RATE_SMOOTHING) * self.rate + RATE_SMOOTHING * current
+                )
+            return self.rate
+
+
 class LeasedCheckpoint(RunCheckpoint):
     """The checkpoint of a run this process holds the lease of (see the module docstring)."""
 
@@ -106,15 +134,15 @@ class LeasedCheckpoint(RunCheckpoint):
         origin: str,
         generation: int,
         lease_seconds: float,
+        meter: RateMeter | None = None,
     ) -> None:
         super().__init__(run, using=using)
         self.owner = owner
         self.origin = origin
         self.generation = generation
         self.lease_seconds = lease_seconds
-        self.rate = run.rows_per_second
+        self.meter = meter or RateMeter(run.rows_per_second)
         self.throttle_reason = ""
-        self._progress_at = time.monotonic()
 
     def _update(self, **values: Any) -> None:
         now = timezone.now()
@@ -157,26 +185,19 @@ class LeasedCheckpoint(RunCheckpoint):
         )
 
     def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
-        now = time.monotonic()
-        elapsed, self._progress_at = now - self._progress_at, now
-        if elapsed > 0:
-            # Wall-clock rate (pauses between batches included): what the ETA needs.
-            current = rows / elapsed
-            self.rate = (
-                current
-                if self.rate is None
-                else (1 - RATE_SMOOTHING) * self.rate + RATE_SMOOTHING * current
-            )
-        self._update(
-            last_key=last_key,
-            rows_done=F("rows_done") + rows,
-            batches=F("batches") + 1,
-            batch_size=batch_size,
-            rows_per_second=self.rate,
-            throttle_reason="",
-        )
+        self._update(last_key=last_key, **self._totals(rows=rows, batch_size=batch_size))
         self.last_key = last_key
         self.throttle_reason = ""
+
+    def _totals(self, *, rows: int, batch_size: int) -> dict[str, Any]:
+        """The run's columns a committed batch changes, besides its position."""
+        return {
+            "rows_done": F("rows_done") + rows,
+            "batches": F("batches") + 1,
+            "batch_size": batch_size,
+            "rows_per_second": self.meter.add(rows),
+            "throttle_reason": "",
+        }
 
     def record_failure(self, error: str) -> None:
         message = f"{timezone.now():%Y-%m-%d %H:%M:%S} {error}"
@@ -222,6 +243,53 @@ class LeasedCheckpoint(RunCheckpoint):
         BackfillRun.objects.using(self.using).filter(
             pk=self.run.pk, generation=self.generation
         ).update(lease_owner="", lease_expires_at=None)
+
+
+class LaneCheckpoint(LeasedCheckpoint):
+    """The checkpoint of one lane of a parallel run, under the run's lease.
+
+    Each batch moves the lane's ``last_key`` and adds to the run's totals, in the batch's
+    transaction; the run's row is written last, so lanes wait on each other only for a commit,
+    and its generation check rolls back a batch whose process lost the run. A lane finishing
+    is not the run succeeding, and a cancel is recorded once for the run: both are
+    :func:`process_run`'s to record.
+    """
+
+    def __init__(self, lane: BackfillLane, run_checkpoint: LeasedCheckpoint) -> None:
+        super().__init__(
+            run_checkpoint.run,
+            using=run_checkpoint.using,
+            owner=run_checkpoint.owner,
+            origin=run_checkpoint.origin,
+            generation=run_checkpoint.generation,
+            lease_seconds=run_checkpoint.lease_seconds,
+            meter=run_checkpoint.meter,
+        )
+        self.lane = lane
+        self.last_key = lane.after_key if lane.last_key is None else lane.last_key
+
+    def _update_lane(self, **values: Any) -> None:
+        BackfillLane.objects.using(self.using).filter(pk=self.lane.pk).update(
+            updated_at=timezone.now(), **values
+        )
+
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
+        self._update_lane(
+            last_key=last_key, rows_done=F("rows_done") + rows, batches=F("batches") + 1
+        )
+        self._update(**self._totals(rows=rows, batch_size=batch_size))
+        self.last_key = last_key
+        self.throttle_reason = ""
+
+    def rewind(self, last_key: Any) -> None:
+        self._update_lane(last_key=last_key)
+        self.last_key = last_key
+
+    def record_success(self) -> None:
+        self._update_lane(finished=True)
+
+    def record_cancelled(self) -> None:
+        pass
 
 
 def claim(
@@ -292,13 +360,17 @@ def process_run(
     wait_while_paused: bool = True,
     on_batch: Callable[[BatchReport], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    workers: int = 1,
 ) -> BackfillResult:
     """Work on ``run`` under its lease until it is done, cancelled, or stops for another reason.
 
     Paused: with ``wait_while_paused`` (the command) the process keeps its lease and waits for
     resume or cancel; otherwise (a worker's slice) it returns and leaves the run paused.
-    Raises :class:`~tasks.backfill.BackfillBusy` if another process holds the run.
+    With ``workers`` > 1, or once the run has lanes, the run is filled in parallel lanes
+    (:func:`walk_lanes`). Raises :class:`~tasks.backfill.BackfillBusy` if another process
+    holds the run.
     """
+    check_workers(workers, using=using)
     with exclusive_run(run.name, using=using) as exclusive:
         checkpoint = claim(
             run,
@@ -318,16 +390,16 @@ def process_run(
         total = BackfillResult()
         started = time.monotonic()
         try:
+            parallel = workers > 1 or BackfillLane.objects.using(using).filter(run=run).exists()
             while True:
-                result = run_backfill(
-                    backfill,
-                    _remaining(policy, batches=total.batches, seconds=time.monotonic() - started),
-                    checkpoint,
-                    using=using,
-                    on_batch=on_batch,
-                    sleep=sleep,
-                    health=health,
+                budget = _remaining(
+                    policy, batches=total.batches, seconds=time.monotonic() - started
                 )
+                steps = {"using": using, "on_batch": on_batch, "sleep": sleep, "health": health}
+                if parallel:
+                    result = walk_lanes(checkpoint, backfill, budget, workers=workers, **steps)
+                else:
+                    result = run_backfill(backfill, budget, checkpoint, **steps)
                 total.rows += result.rows
                 total.batches += result.batches
                 total.seconds += result.seconds
@@ -341,6 +413,61 @@ def process_run(
         finally:
             checkpoint.release()
     return total
+
+
+def walk_lanes(
+    checkpoint: LeasedCheckpoint,
+    backfill: Backfill,
+    policy: BatchPolicy,
+    *,
+    workers: int,
+    using: str,
+    **steps: Any,
+) -> BackfillResult:
+    """Fill the run of ``checkpoint`` in lanes, ``workers`` connections at a time.
+
+    The lanes are planned the first time (:func:`~tasks.backfill.plan_lanes`, after the run's
+    own checkpoint) and kept: a resumed run carries on each lane where it stopped, with as many
+    workers as it is given now. Once every lane is finished, one pass of the run's own
+    checkpoint from the first row still pending catches rows committed behind a lane's walk,
+    and marks the run succeeded when there is none.
+    """
+    run = checkpoint.run
+    lanes = list(BackfillLane.objects.using(using).filter(run=run))
+    if not lanes:
+        ranges = plan_lanes(backfill.within(checkpoint.last_key, None), workers, using=using)
+        lanes = BackfillLane.objects.using(using).bulk_create(
+            BackfillLane(run=run, number=number, after_key=after, upto_key=upto)
+            for number, (after, upto) in enumerate(ranges, start=1)
+        )
+    open_lanes = [lane for lane in lanes if not lane.finished]
+    walked = BackfillResult(finished=True, stopped="finished")
+    if open_lanes:
+        walked = run_lanes(
+            [
+                (backfill.within(lane.after_key, lane.upto_key), LaneCheckpoint(lane, checkpoint))
+                for lane in open_lanes
+            ],
+            policy,
+            workers=workers,
+            using=using,
+            **steps,
+        )
+        if walked.stopped == "cancelled":
+            checkpoint.record_cancelled()
+        if not walked.finished:
+            return walked
+    swept = run_backfill(
+        backfill,
+        _remaining(policy, batches=walked.batches, seconds=walked.seconds),
+        checkpoint,
+        using=using,
+        **steps,
+    )
+    swept.rows += walked.rows
+    swept.batches += walked.batches
+    swept.seconds += walked.seconds
+    return swept
 
 
 def _remaining(policy: BatchPolicy, *, batches: int, seconds: float) -> BatchPolicy:

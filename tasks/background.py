@@ -113,6 +113,7 @@ def run_slice(run_id: int, *, task_id: str, using: str) -> str:
                 lease_seconds=settings.BACKFILL_LEASE_SECONDS,
                 health=health,
                 wait_while_paused=False,
+                workers=run.workers,
             )
             break
         except BackfillBusy as exc:

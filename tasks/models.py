@@ -210,6 +210,10 @@ class BackfillRun(models.Model):
     worker_task_id = models.CharField(max_length=64, blank=True, default="")
     throttle_reason = models.CharField(max_length=300, blank=True, default="")
     throttled_at = models.DateTimeField(null=True, blank=True)
+    workers = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Connections that fill the rows in parallel, each walking its own lane of keys.",
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -290,6 +294,36 @@ class BackfillRun(models.Model):
         if self.rows_estimated is None:
             return None
         return max(0, self.rows_estimated - self.rows_done) / self.rows_per_second
+
+
+class BackfillLane(models.Model):
+    """One part of a parallel run's key range, walked by one connection, with its checkpoint.
+
+    A run with several workers splits the keys still to fill into lanes when it starts. Each
+    lane keeps its own ``last_key``, written in the same transaction as each of its batches
+    (together with the run's totals), so a killed run resumes every lane where it stopped.
+    """
+
+    run = models.ForeignKey(BackfillRun, on_delete=models.CASCADE, related_name="lanes")
+    number = models.PositiveSmallIntegerField()
+    after_key = models.JSONField(null=True, blank=True, help_text="Starts after this key.")
+    upto_key = models.JSONField(
+        null=True, blank=True, help_text="Ends at this key; empty: the end of the table."
+    )
+    last_key = models.JSONField(null=True, blank=True, help_text="Key of the last row done.")
+    rows_done = models.BigIntegerField(default=0)
+    batches = models.IntegerField(default=0)
+    finished = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="backfilllane_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"lane {self.number} of run #{self.run_id}"
 
 
 class BackfillRunEvent(models.Model):

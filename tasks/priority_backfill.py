@@ -22,6 +22,7 @@ from tasks.backfill import (
     BatchReport,
     HealthCheck,
     RunCheckpoint,
+    check_workers,
     estimate_pending,
     exclusive_run,
     find_open_run,
@@ -73,8 +74,10 @@ def backfill_priority(
     on_start: Callable[[models.Model, bool, int], None] | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    workers: int = 1,
 ) -> tuple[models.Model | None, BackfillResult]:
-    """Fill NULL priorities in this process, resuming the open run unless ``restart``.
+    """Fill NULL priorities in this process, resuming the open run unless ``restart``; with
+    ``workers`` connections in parallel lanes (PostgreSQL).
 
     Returns the run (None when there was nothing to do and no run to resume) and what this
     call did. ``on_start`` is told the run, whether it resumed, and the rows pending. While
@@ -104,6 +107,7 @@ def backfill_priority(
             origin=origin,
             started_by=started_by,
             batch_size=policy.batch_size,
+            workers=workers,
         )
         backfill = priority_backfill(Task, run.reference_date)
         if on_start is not None:
@@ -119,19 +123,23 @@ def backfill_priority(
             health=health,
             on_batch=on_batch,
             sleep=sleep,
+            workers=workers,
         )
         run.refresh_from_db(using=using)
         return run, result
 
 
 def start_priority_backfill(
-    *, using: str, origin: str, started_by: str, restart: bool = False
+    *, using: str, origin: str, started_by: str, restart: bool = False, workers: int = 1
 ) -> tuple[models.Model, bool]:
     """Start (or carry on) the priority backfill on task workers; return the run and whether
     it was already open. The run and its first task are written together, or not at all.
-    Raises RunStateError when there is nothing to start."""
+    Each of the run's worker tasks fills it with ``workers`` connections in parallel lanes.
+    Raises RunStateError when there is nothing to start, ValueError when ``workers`` cannot
+    work on this database."""
     from tasks.background import enqueue_slice  # it imports this module
 
+    check_workers(workers, using=using)
     with transaction.atomic(using=using):
         current = find_open_run(BackfillRun, name=PRIORITY_BACKFILL, using=using, for_update=True)
         if current is not None and (current.lease_is_live or current.status == "cancelling"):
@@ -151,6 +159,7 @@ def start_priority_backfill(
             started_by=started_by,
             batch_size=settings.BACKFILL_WORKER_BATCH_SIZE,
             background=True,
+            workers=workers,
         )
         enqueue_slice(run, using=using)
     return run, resumed
@@ -163,10 +172,12 @@ def _open_priority_run(
     origin: str,
     started_by: str,
     batch_size: int,
+    workers: int,
     background: bool = False,
 ) -> tuple[models.Model, bool]:
     """The open run to carry on, or a new one; with its estimate of the rows left, and its
-    creation recorded. ``background`` runs are left pending for task workers."""
+    creation recorded. ``background`` runs are left pending for task workers. ``workers`` is
+    how many connections fill it from now on (a resumed run keeps its lanes, if it has some)."""
     run, resumed = open_run(
         BackfillRun,
         name=PRIORITY_BACKFILL,
@@ -181,7 +192,7 @@ def _open_priority_run(
     estimate = estimate_pending(priority_backfill(Task, run.reference_date), using=using)
     carry_on = {"status": "pending", "background": True} if background else {}
     BackfillRun.objects.using(using).filter(pk=run.pk).update(
-        rows_estimated=run.rows_done + estimate, **carry_on
+        rows_estimated=run.rows_done + estimate, workers=workers, **carry_on
     )
     run.refresh_from_db(using=using)
     if not resumed:

@@ -2,8 +2,8 @@
 
 ``priority`` arrives as a nullable column with no default: on PostgreSQL that changes only the
 catalogue (no rewrite, no scan). The backfill's run tables (the run record with its checkpoint,
-lease and progress, and its event log) are created here too, because the backfill runs between
-this step and the contract step.
+lease and progress, the lanes of a parallel run, and its event log) are created here too,
+because the backfill runs between this step and the contract step.
 """
 
 import django.db.models.deletion
@@ -116,6 +116,14 @@ class Migration(migrations.Migration):
                 ("worker_task_id", models.CharField(blank=True, default="", max_length=64)),
                 ("throttle_reason", models.CharField(blank=True, default="", max_length=300)),
                 ("throttled_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "workers",
+                    models.PositiveSmallIntegerField(
+                        default=1,
+                        help_text="Connections that fill the rows in parallel, each walking its "
+                        "own lane of keys.",
+                    ),
+                ),
             ],
             options={
                 "ordering": ["-started_at", "-id"],
@@ -189,6 +197,54 @@ class Migration(migrations.Migration):
             ],
             options={
                 "ordering": ["-at", "-id"],
+            },
+        ),
+        migrations.CreateModel(
+            name="BackfillLane",
+            fields=[
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveSmallIntegerField()),
+                (
+                    "after_key",
+                    models.JSONField(blank=True, help_text="Starts after this key.", null=True),
+                ),
+                (
+                    "upto_key",
+                    models.JSONField(
+                        blank=True,
+                        help_text="Ends at this key; empty: the end of the table.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "last_key",
+                    models.JSONField(blank=True, help_text="Key of the last row done.", null=True),
+                ),
+                ("rows_done", models.BigIntegerField(default=0)),
+                ("batches", models.IntegerField(default=0)),
+                ("finished", models.BooleanField(default=False)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="lanes",
+                        to="tasks.backfillrun",
+                    ),
+                ),
+            ],
+            options={
+                "ordering": ["run", "number"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("run", "number"), name="backfilllane_unique_number"
+                    )
+                ],
             },
         ),
     ]

@@ -12,6 +12,7 @@ from tasks.backfill import (
     BatchPolicy,
     BatchReport,
     LeaseLost,
+    check_workers,
     column_state,
     find_open_run,
 )
@@ -35,6 +36,8 @@ from tasks.priority_backfill import (
 
 DEFAULTS = BatchPolicy()
 MAX_BATCH_SIZE = 100_000
+# More connections than this only queue up behind each other's WAL writes and index pages.
+MAX_WORKERS = 16
 # Retry is running the command again.
 STEERING = ("pause", "resume", "cancel")
 STATUS_ROWS = 10
@@ -95,6 +98,13 @@ class Command(ProjectCommand):
             f"{settings.BACKFILL_TARGET_BATCH_MS:g}).",
         )
         parser.add_argument(
+            "--workers",
+            default=None,
+            help=f"Connections that fill rows in parallel, 1 to {MAX_WORKERS}, each walking its "
+            "own lane of keys (PostgreSQL only). A run keeps the lanes it was planned with "
+            f"(default: BACKFILL_WORKERS, {settings.BACKFILL_WORKERS}).",
+        )
+        parser.add_argument(
             "--restart",
             action="store_true",
             help="Cancel the open run and start a new one with today as its reference date.",
@@ -117,13 +127,19 @@ class Command(ProjectCommand):
 
     def handle(self, *args, **options) -> None:
         policy = self.parse_policy(options)
+        workers = self.int_option(
+            "workers",
+            settings.BACKFILL_WORKERS if options["workers"] is None else options["workers"],
+            minimum=1,
+            maximum=MAX_WORKERS,
+        )
         using = self.database_alias(options["database"])
         verbosity = options["verbosity"]
         self.require_migrated(using)
         steering = [action for action in (*STEERING, "status") if options[action]]
         if len(steering) > 1:
             raise CommandError("Use only one of --pause, --resume, --cancel and --status.")
-        others = [flag for flag in ("dry_run", "background", "restart") if options[flag]]
+        others = [flag for flag in ("dry_run", "background", "restart", "workers") if options[flag]]
         if steering and others:
             raise CommandError(
                 f"--{steering[0]} acts on the open run: it cannot be combined with "
@@ -154,12 +170,16 @@ class Command(ProjectCommand):
             self.dry_run(using=using, restart=options["restart"])
             return
         try:
+            check_workers(workers, using=using)
+        except ValueError as exc:
+            raise CommandError(f"--workers {workers}: {exc}") from exc
+        try:
             # Checked here for runs on workers too: they read the same settings.
             health = DatabaseHealth.from_settings(Task)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         if options["background"]:
-            self.enqueue(using=using, restart=options["restart"])
+            self.enqueue(using=using, restart=options["restart"], workers=workers)
             return
 
         bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
@@ -170,7 +190,8 @@ class Command(ProjectCommand):
                 how = "Resuming" if resumed else "Starting"
                 self.stdout.write(
                     f"{how} run #{run.pk} (reference date {run.reference_date}): "
-                    f"{pending:,} rows with a NULL priority."
+                    f"{pending:,} rows with a NULL priority"
+                    + (f", {workers} workers in parallel." if workers > 1 else ".")
                 )
 
         def on_batch(report: BatchReport) -> None:
@@ -193,6 +214,7 @@ class Command(ProjectCommand):
                     health=health,
                     on_start=on_start,
                     on_batch=on_batch,
+                    workers=workers,
                 )
         except BackfillFailed as exc:
             raise CommandError(
@@ -311,7 +333,7 @@ class Command(ProjectCommand):
             self.style.SUCCESS(f"Run #{run.pk} is now {run.get_status_display().lower()}.")
         )
 
-    def enqueue(self, *, using: str, restart: bool) -> None:
+    def enqueue(self, *, using: str, restart: bool, workers: int) -> None:
         """Start or carry on the run on task workers."""
         try:
             run, resumed = start_priority_backfill(
@@ -319,6 +341,7 @@ class Command(ProjectCommand):
                 origin=BackfillRun.Origin.COMMAND,
                 started_by=process_name("command"),
                 restart=restart,
+                workers=workers,
             )
         except RunStateError as exc:
             raise CommandError(str(exc)) from exc
@@ -344,7 +367,8 @@ class Command(ProjectCommand):
             return
         header = (
             f"{'run':>5}  {'status':<19} {'done':>6} {'rows done':>12} {'estimated':>12} "
-            f"{'rows/s':>8} {'ETA':>8} {'batch':>7} {'heartbeat':>10}  origin / by"
+            f"{'rows/s':>8} {'ETA':>8} {'batch':>7} {'workers':>7} {'heartbeat':>10}  "
+            "origin / by"
         )
         self.stdout.write(self.style.MIGRATE_HEADING(header))
         for run in runs:
@@ -353,7 +377,8 @@ class Command(ProjectCommand):
                 f"{'#' + str(run.pk):>5}  {run.status_label:<19} {progress:>6} "
                 f"{run.rows_done:>12,} {run.rows_estimated or 0:>12,} "
                 f"{run.rows_per_second or 0:>8,.0f} {format_seconds(run.eta_seconds):>8} "
-                f"{run.batch_size or 0:>7,} {format_seconds(run.heartbeat_age):>10}  "
+                f"{run.batch_size or 0:>7,} {run.workers:>7} "
+                f"{format_seconds(run.heartbeat_age):>10}  "
                 f"{run.origin} / {run.started_by or '-'}"
             )
             if run.throttle_reason and run.status == BackfillRun.Status.RUNNING:
