@@ -21,7 +21,7 @@ from tasks.backfill_control import (
     resume_run,
     retry_run,
 )
-from tasks.models import BackfillRun, BackfillRunEvent, Category, Task
+from tasks.models import BackfillLane, BackfillRun, BackfillRunEvent, Category, Task
 from tasks.pagination import EstimatedCountPaginator
 from tasks.priority import Priority, priority_rank
 from tasks.priority_backfill import start_priority_backfill
@@ -73,16 +73,12 @@ class TaskAdmin(admin.ModelAdmin):
         return task.get_priority_display() if task.priority else "not set yet"
 
 
-class BackfillRunEventInline(admin.TabularInline):
-    """The run's history, newest first."""
+class RunPartInline(admin.TabularInline):
+    """Rows that belong to a run and are written only by the backfill: shown, never edited."""
 
-    model = BackfillRunEvent
-    fields = ["at", "kind", "actor", "origin", "message"]
-    readonly_fields = fields
     extra = 0
     can_delete = False
     max_num = 0
-    ordering = ["-at", "-id"]
 
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
@@ -91,8 +87,26 @@ class BackfillRunEventInline(admin.TabularInline):
         return False
 
     def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
-        # A run's history is part of the run: whoever may see the run sees it.
+        # A run's history and lanes are part of the run: whoever may see the run sees them.
         return request.user.has_perm("tasks.view_backfillrun")
+
+
+class BackfillLaneInline(RunPartInline):
+    """The key ranges of a parallel run, each with its own checkpoint."""
+
+    model = BackfillLane
+    fields = ["number", "after_key", "upto_key", "last_key", "rows_done", "batches", "finished"]
+    readonly_fields = fields
+    ordering = ["number"]
+
+
+class BackfillRunEventInline(RunPartInline):
+    """The run's history, newest first."""
+
+    model = BackfillRunEvent
+    fields = ["at", "kind", "actor", "origin", "message"]
+    readonly_fields = fields
+    ordering = ["-at", "-id"]
 
 
 def _control_action(name: str, act, description: str):
@@ -131,7 +145,7 @@ class BackfillRunAdmin(admin.ModelAdmin):
     ]
     list_display_links = ["__str__"]
     list_filter = ["status", "origin", "name"]
-    inlines = [BackfillRunEventInline]
+    inlines = [BackfillLaneInline, BackfillRunEventInline]
     change_list_template = "admin/tasks/backfillrun/change_list.html"
     change_form_template = "admin/tasks/backfillrun/change_form.html"
     fieldsets = [
@@ -168,7 +182,15 @@ class BackfillRunAdmin(admin.ModelAdmin):
         ),
         (
             "Worker",
-            {"fields": ["lease_owner", "lease_expires_at", "heartbeat_column", "generation"]},
+            {
+                "fields": [
+                    "workers",
+                    "lease_owner",
+                    "lease_expires_at",
+                    "heartbeat_column",
+                    "generation",
+                ]
+            },
         ),
         ("Last error", {"fields": ["last_error", "last_error_at"]}),
     ]

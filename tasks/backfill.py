@@ -738,7 +738,8 @@ def run_lanes(
     lanes ``i, i + workers, ...`` in turn; the lanes' key ranges are disjoint, so the workers
     never wait on each other's row locks. A lane that raises stops the others before their next
     batch, and its exception is raised once every worker has stopped. ``policy.max_batches``
-    bounds all lanes together; ``on_batch`` is called from the workers, one call at a time.
+    bounds all lanes together (at most that many; a lane backing off for its health check
+    uses up one); ``on_batch`` is called from the workers, one call at a time.
     A lane is finished when its walk reaches its end: rows committed behind the walks are the
     caller's to look for, once for all lanes.
 
@@ -750,10 +751,21 @@ def run_lanes(
     results: list[BackfillResult] = []
     errors: list[BaseException] = []
     batches = 0
+    granted = 0
     started = time.perf_counter()
 
     def budget_spent() -> bool:
-        return policy.max_batches is not None and batches >= policy.max_batches
+        return policy.max_batches is not None and granted >= policy.max_batches
+
+    def may_go_on() -> bool:
+        """Whether a lane may start another batch; takes it from the shared budget (so two
+        lanes never both take the last one)."""
+        nonlocal granted
+        with lock:
+            if stop.is_set() or budget_spent():
+                return False
+            granted += 1
+            return True
 
     def report(batch: BatchReport) -> None:
         nonlocal batches
@@ -768,7 +780,7 @@ def run_lanes(
                 result = run_backfill(
                     backfill,
                     replace(policy, max_batches=None),
-                    _Steered(checkpoint, lambda: stop.is_set() or budget_spent()),
+                    _Steered(checkpoint, may_go_on),
                     using=using,
                     on_batch=report,
                     sleep=sleep,
@@ -814,14 +826,14 @@ def run_lanes(
 
 
 class _Steered:
-    """A lane's checkpoint, told to stop when ``should_stop`` says so (see :func:`run_lanes`)."""
+    """A lane's checkpoint, told to stop unless ``may_go_on`` (see :func:`run_lanes`)."""
 
-    def __init__(self, checkpoint: Checkpoint, should_stop: Callable[[], bool]) -> None:
+    def __init__(self, checkpoint: Checkpoint, may_go_on: Callable[[], bool]) -> None:
         self._checkpoint = checkpoint
-        self._should_stop = should_stop
+        self._may_go_on = may_go_on
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._checkpoint, name)
 
     def control(self) -> str:
-        return "stop" if self._should_stop() else self._checkpoint.control()
+        return self._checkpoint.control() if self._may_go_on() else "stop"

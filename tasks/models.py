@@ -210,7 +210,7 @@ class BackfillRun(models.Model):
     worker_task_id = models.CharField(max_length=64, blank=True, default="")
     throttle_reason = models.CharField(max_length=300, blank=True, default="")
     throttled_at = models.DateTimeField(null=True, blank=True)
-    workers = models.PositiveSmallIntegerField(
+    workers = models.PositiveIntegerField(
         default=1,
         help_text="Connections that fill the rows in parallel, each walking its own lane of keys.",
     )
@@ -305,7 +305,7 @@ class BackfillLane(models.Model):
     """
 
     run = models.ForeignKey(BackfillRun, on_delete=models.CASCADE, related_name="lanes")
-    number = models.PositiveSmallIntegerField()
+    number = models.PositiveIntegerField()
     after_key = models.JSONField(null=True, blank=True, help_text="Starts after this key.")
     upto_key = models.JSONField(
         null=True, blank=True, help_text="Ends at this key; empty: the end of the table."

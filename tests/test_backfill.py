@@ -24,6 +24,7 @@ from tasks.backfill import (
 from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
 from tasks.priority_backfill import backfill_priority
+from tests.conftest import IS_POSTGRES
 from tests.helpers import create_legacy_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,6 +225,9 @@ def test_dry_run_counts_per_priority_and_writes_nothing(expand_step):
         ({"statement_timeout": "-5"}, "--statement-timeout must be at least 1"),
         ({"max_retries": "-1"}, "--max-retries must be at least 0"),
         ({"database": "replica"}, "Unknown database 'replica'"),
+        ({"workers": "0"}, "--workers must be at least 1"),
+        ({"workers": "17"}, "--workers must be at most 16"),
+        ({"workers": "two"}, "--workers must be a whole number"),
     ],
 )
 def test_bad_arguments_fail_clearly_and_write_nothing(expand_step, options, message):
@@ -231,6 +235,17 @@ def test_bad_arguments_fail_clearly_and_write_nothing(expand_step, options, mess
 
     with pytest.raises(CommandError, match=message):
         backfill(**options)
+
+    assert nulls() == 5
+    assert not BackfillRun.objects.exists()
+
+
+@pytest.mark.skipif(IS_POSTGRES, reason="SQLite only: PostgreSQL takes several workers")
+def test_several_workers_on_sqlite_are_refused_and_write_nothing(expand_step):
+    legacy_tasks(5)
+
+    with pytest.raises(CommandError, match="2 workers need PostgreSQL: database 'default' is"):
+        backfill(workers="2")
 
     assert nulls() == 5
     assert not BackfillRun.objects.exists()

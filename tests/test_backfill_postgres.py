@@ -115,7 +115,10 @@ def test_a_run_killed_with_sigkill_resumes_exactly_where_it_stopped(expand_step)
     assert_rule_applied_to(Task.objects.all(), run.reference_date)
 
 
-def test_concurrent_inserts_and_updates_leave_no_null_and_are_never_overwritten(expand_step):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_concurrent_inserts_and_updates_leave_no_null_and_are_never_overwritten(
+    expand_step, workers
+):
     # given: legacy rows, and application threads writing with their own connections
     seed_legacy(15_000)
     legacy_ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
@@ -180,6 +183,7 @@ def test_concurrent_inserts_and_updates_leave_no_null_and_are_never_overwritten(
             using="default",
             policy=BatchPolicy(batch_size=400, sleep=0.01),
             on_batch=on_batch,
+            workers=workers,
         )
     finally:
         stop.set()

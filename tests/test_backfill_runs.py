@@ -2,6 +2,7 @@
 steering flags, and the admin's run pages (on the run's database: SQLite or PostgreSQL)."""
 
 import datetime
+import re
 import signal
 from io import StringIO
 
@@ -21,7 +22,7 @@ from tasks.backfill_control import (
     resume_run,
     retry_run,
 )
-from tasks.models import BackfillRun, BackfillRunEvent, Task
+from tasks.models import BackfillLane, BackfillRun, BackfillRunEvent, Task
 from tasks.priority_backfill import PRIORITY_BACKFILL
 from tests.helpers import create_legacy_tasks
 
@@ -202,6 +203,7 @@ def test_status_without_any_run_says_so(expand_step):
         ({"pause": True, "cancel": True}, "Use only one of --pause, --resume, --cancel"),
         ({"status": True, "dry_run": True}, "cannot be combined with --dry-run"),
         ({"resume": True, "background": True}, "cannot be combined with --background"),
+        ({"pause": True, "workers": "2"}, "cannot be combined with --workers"),
     ],
 )
 def test_the_steering_flags_exclude_each_other_and_change_nothing(expand_step, options, message):
@@ -286,6 +288,18 @@ def test_the_run_page_offers_the_actions_its_status_allows_and_applies_them(alic
     assert '<td class="field-kind">' in response.content.decode()  # the history inline
     assert 'id="resume-run"' in response.content.decode()
     assert run.events.get().actor == "alice" and run.events.get().origin == "admin"
+
+
+def test_the_run_page_shows_the_lanes_of_a_parallel_run_with_their_checkpoints(alice):
+    run = make_run(Status.RUNNING, workers=2, rows_done=1_500)
+    BackfillLane.objects.create(run=run, number=1, after_key=0, upto_key=5000, last_key=1000)
+    BackfillLane.objects.create(run=run, number=2, after_key=5000, last_key=5500, finished=True)
+
+    page = alice.get(reverse("admin:tasks_backfillrun_change", args=[run.pk])).content.decode()
+
+    cells = re.findall(r'<td class="field-(?:after|upto|last)_key">\s*<p>([^<]*)</p>', page)
+    assert cells == ["0", "5000", "1000", "5000", "-", "5500"]
+    assert re.search(r'field-workers">.*?<div class="readonly">2</div>', page, re.S)
 
 
 def test_an_admin_action_in_the_wrong_state_shows_why_and_changes_nothing(alice):

@@ -118,7 +118,7 @@ class Migration(migrations.Migration):
                 ("throttled_at", models.DateTimeField(blank=True, null=True)),
                 (
                     "workers",
-                    models.PositiveSmallIntegerField(
+                    models.PositiveIntegerField(
                         default=1,
                         help_text="Connections that fill the rows in parallel, each walking its "
                         "own lane of keys.",
@@ -208,7 +208,7 @@ class Migration(migrations.Migration):
                         auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
                     ),
                 ),
-                ("number", models.PositiveSmallIntegerField()),
+                ("number", models.PositiveIntegerField()),
                 (
                     "after_key",
                     models.JSONField(blank=True, help_text="Starts after this key.", null=True),

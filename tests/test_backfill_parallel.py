@@ -1,0 +1,328 @@
+"""Parallel lanes (backfill_priority --workers N): several connections fill one run, each
+walking its own key range with its own checkpoint, on real PostgreSQL."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from tasks.backfill import Backfill, BatchPolicy, plan_lanes
+from tasks.backfill_control import cancel_run
+from tasks.models import BackfillLane, BackfillRun, Category, Task
+from tasks.priority_backfill import backfill_priority, priority_backfill
+from tests.test_backfill_postgres import (
+    ROOT,
+    assert_rule_applied_to,
+    database_url,
+    hold_row_lock,
+    seed_legacy,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+def backfill(**options) -> str:
+    out = StringIO()
+    options.setdefault("target_batch_ms", "0")
+    call_command("backfill_priority", no_progress=True, stdout=out, **options)
+    return out.getvalue()
+
+
+def assert_lanes_match_the_data(run: BackfillRun) -> None:
+    """Every lane's checkpoint is exact: rows up to its last key are filled, none after it,
+    and the counts add up to the run's."""
+    lanes = list(run.lanes.all())
+    for lane in lanes:
+        in_lane = Task.objects.filter(pk__gt=lane.after_key)
+        if lane.upto_key is not None:
+            in_lane = in_lane.filter(pk__lte=lane.upto_key)
+        done_to = lane.after_key if lane.last_key is None else lane.last_key
+        assert not in_lane.filter(pk__lte=done_to, priority__isnull=True).exists(), lane
+        assert not in_lane.filter(pk__gt=done_to, priority__isnull=False).exists(), lane
+        assert lane.rows_done == in_lane.filter(priority__isnull=False).count(), lane
+    assert sum(lane.rows_done for lane in lanes) == run.rows_done
+
+
+def test_two_workers_fill_every_row_once_in_disjoint_lanes_at_the_same_time(expand_step):
+    # given: legacy rows with gaps in their ids
+    seed_legacy(6_000)
+    Task.objects.filter(pk__in=Task.objects.order_by("pk").values("pk")[1000:1400]).delete()
+    threads = []
+
+    # when
+    run, result = backfill_priority(
+        using="default",
+        policy=BatchPolicy(batch_size=200, sleep=0.01),
+        workers=2,
+        on_batch=lambda report: threads.append(threading.current_thread().name),
+    )
+
+    # then: both lanes worked, interleaved, and each row was filled once, by the rule
+    run.refresh_from_db()
+    assert result.finished and (run.status, run.rows_done, run.workers) == ("succeeded", 5_600, 2)
+    lanes = list(run.lanes.all())
+    assert [lane.number for lane in lanes] == [1, 2] and all(lane.finished for lane in lanes)
+    assert lanes[0].upto_key == lanes[1].after_key and lanes[1].upto_key is None
+    assert_lanes_match_the_data(run)
+    assert set(threads) == {"backfill-0", "backfill-1"}
+    switches = [before != after for before, after in zip(threads, threads[1:], strict=False)]
+    assert sum(switches) > 5
+    assert run.batches == len(threads) == result.batches
+    assert not Task.objects.filter(priority__isnull=True).exists()
+    assert_rule_applied_to(Task.objects.all(), run.reference_date)
+    assert list(run.events.values_list("kind", flat=True)) == [
+        "succeeded",
+        "processing",
+        "created",
+    ]
+
+
+def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(expand_step):
+    # given: a command filling 20,000 rows with 2 workers
+    seed_legacy(20_000)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "backfill_priority",
+            "--workers=2",
+            "--batch-size=250",
+            "--target-batch-ms=0",
+            "--sleep=0.05",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lanes = BackfillLane.objects.filter(rows_done__gte=1_000).count()
+        if lanes == 2:
+            break
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+
+    # when: it is killed mid-batch, without a chance to clean up
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    # then: each lane's checkpoint matches the data exactly
+    run = BackfillRun.objects.get()
+    assert run.status == "running" and 2_000 <= run.rows_done < 20_000
+    assert run.rows_done == Task.objects.filter(priority__isnull=False).count()
+    assert_lanes_match_the_data(run)
+    lanes_before = list(run.lanes.values_list("pk", "after_key", "upto_key"))
+
+    # when: the command runs again
+    out = backfill(workers=2, batch_size=250)
+
+    # then: the same run and the same lanes carried on; every row was filled exactly once
+    run.refresh_from_db()
+    assert f"Resuming run #{run.pk}" in out
+    assert (run.status, run.rows_done) == ("succeeded", 20_000)
+    assert list(run.lanes.values_list("pk", "after_key", "upto_key")) == lanes_before
+    assert_lanes_match_the_data(run)
+    assert_rule_applied_to(Task.objects.all(), run.reference_date)
+
+
+def test_max_batches_bounds_all_lanes_together_and_one_worker_finishes_the_lanes(expand_step):
+    # given
+    seed_legacy(3_000)
+
+    # when: 2 workers, 3 batches in all
+    out = backfill(workers=2, batch_size=100, max_batches=3)
+
+    # then
+    run = BackfillRun.objects.get()
+    assert (run.status, run.batches, run.rows_done) == ("running", 3, 300)
+    assert "is not finished" in out and run.lanes.count() == 2
+    assert_lanes_match_the_data(run)
+
+    # when: resumed with a single worker, which walks the lanes one after the other
+    backfill(workers=1, batch_size=500)
+
+    # then
+    run.refresh_from_db()
+    assert (run.status, run.rows_done) == ("succeeded", 3_000)
+    assert run.lanes.count() == 2 and not run.lanes.filter(finished=False).exists()
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_rows_committed_behind_the_lanes_and_after_the_last_key_are_filled(expand_step):
+    # given
+    seed_legacy(2_000)
+    first = Task.objects.order_by("pk").first()
+    late: list[int] = []
+
+    def on_batch(report) -> None:
+        if not late and first.pk < report.last_key <= first.pk + 999:
+            # behind lane 1's walk (a row whose transaction committed late) ...
+            Task.objects.filter(pk=first.pk).update(priority=None)
+            # ... and a row old code inserts after the largest key the lanes were planned with
+            late.append(Task.objects.create(title="old code", status="done").pk)
+            Task.objects.filter(pk=late[0]).update(priority=None)
+
+    # when
+    run, result = backfill_priority(
+        using="default", policy=BatchPolicy(batch_size=100), workers=2, on_batch=on_batch
+    )
+
+    # then: the pass after the lanes found the first; the open-ended last lane took the second
+    assert result.finished and run.status == "succeeded" and late
+    assert Task.objects.get(pk=first.pk).priority is not None
+    assert Task.objects.get(pk=late[0]).priority == "low"
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_a_failing_lane_stops_the_others_and_the_run_resumes_once_the_lock_is_gone(expand_step):
+    # given: the second lane's 5th row is locked by another session
+    seed_legacy(4_000)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    blocker = hold_row_lock(ids[2_004])
+    try:
+        # when
+        with pytest.raises(CommandError, match="lock timeout"):
+            backfill(workers=2, batch_size=10, sleep="0.02", lock_timeout=100, max_retries=1)
+
+        # then: the run failed, the other lane stopped too, and every checkpoint is exact
+        run = BackfillRun.objects.get()
+        assert run.status == "failed" and "attempt 2 of 2" in run.last_error
+        lane_1, lane_2 = run.lanes.all()
+        assert lane_2.rows_done == 0 and not lane_1.finished
+        assert 0 < lane_1.rows_done < 2_000
+        assert_lanes_match_the_data(run)
+        assert list(run.events.values_list("kind", flat=True)).count("failed") == 1
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    # when: the lock is gone and the command runs again
+    backfill(workers=2, batch_size=500)
+
+    # then
+    run.refresh_from_db()
+    assert (run.status, run.rows_done) == ("succeeded", 4_000)
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_cancelling_a_parallel_run_stops_every_lane_and_is_recorded_once(expand_step):
+    # given: a 2-worker run in another process
+    seed_legacy(20_000)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "backfill_priority", "--workers=2", "--batch-size=100"]
+        + ["--target-batch-ms=0", "--sleep=0.05", "--no-progress"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while BackfillLane.objects.filter(rows_done__gt=0).count() < 2:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+
+        # when
+        backfill(cancel=True)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    # then: both lanes stopped; the process says so and exits 0; one cancellation recorded
+    run = BackfillRun.objects.get()
+    assert process.returncode == 0, err
+    assert f"Run #{run.pk} was cancelled." in out
+    assert run.status == "cancelled" and run.lease_owner == ""
+    kinds = list(run.events.values_list("kind", flat=True))
+    assert kinds.count("cancelled") == 1 and kinds.count("cancel requested") == 1
+    done = run.rows_done
+    time.sleep(0.3)
+    assert Task.objects.filter(priority__isnull=False).count() == done < 20_000
+    assert_lanes_match_the_data(run)
+
+
+def test_a_worker_task_fills_a_background_run_in_lanes(expand_step):
+    from tasks.background import run_slice
+
+    # given
+    seed_legacy(3_000)
+    backfill(background=True, workers=2)
+    run = BackfillRun.objects.get()
+
+    # when
+    outcome = run_slice(run.pk, task_id=run.worker_task_id, using="default")
+
+    # then
+    run.refresh_from_db()
+    assert "finished" in outcome
+    assert (run.status, run.rows_done, run.workers) == ("succeeded", 3_000, 2)
+    assert run.lanes.count() == 2
+    assert_lanes_match_the_data(run)
+
+
+def test_cancel_while_nobody_works_on_a_parallel_run_leaves_its_lanes_as_they_were(expand_step):
+    seed_legacy(1_000)
+    backfill(workers=2, batch_size=100, max_batches=2)
+    run = BackfillRun.objects.get()
+    before = list(run.lanes.values())
+
+    cancel_run(run, using="default", actor="test", origin="command")
+
+    run.refresh_from_db()
+    assert run.status == "cancelled" and list(run.lanes.values()) == before
+    out = backfill(workers=2)
+    new_run = BackfillRun.objects.order_by("-pk").first()
+    assert new_run.pk != run.pk and new_run.status == "succeeded" and "Starting" in out
+    assert run.rows_done == 200
+    assert new_run.rows_done == 800 and new_run.lanes.aggregate(Sum("rows_done")) == {
+        "rows_done__sum": 800
+    }
+
+
+# -- planning the lanes ------------------------------------------------------------------------
+
+
+def test_lanes_split_the_pending_keys_into_equal_ranges_and_the_last_is_open_ended(expand_step):
+    seed_legacy(1_000)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    Task.objects.filter(pk__in=ids[:100]).update(priority="low")  # already filled
+    backfill = priority_backfill(Task, timezone.localdate())
+
+    lanes = plan_lanes(backfill, 3, using="default")
+
+    first, last = ids[100], ids[-1]
+    assert lanes[0][0] == first - 1 and lanes[-1][1] is None
+    assert [after for after, _ in lanes[1:]] == [upto for _, upto in lanes[:-1]]
+    widths = [upto - after for after, upto in lanes[:-1]] + [last - lanes[-1][0]]
+    assert max(widths) - min(widths) <= 1 and sum(widths) == last - first + 1
+
+
+def test_no_lanes_when_nothing_is_pending_and_never_more_lanes_than_keys(expand_step):
+    backfill = priority_backfill(Task, timezone.localdate())
+    assert plan_lanes(backfill, 4, using="default") == []
+
+    seed_legacy(3)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    lanes = plan_lanes(backfill, 8, using="default")
+
+    assert len(lanes) == ids[-1] - ids[0] + 1 == 3
+    assert all(upto is None or after < upto for after, upto in lanes)
+
+
+@pytest.mark.django_db
+def test_lanes_need_an_integer_key():
+    by_slug = Backfill(model=Category, field="name", value="x", pending=Q(), key="slug")
+
+    with pytest.raises(ValueError, match="parallel lanes need an integer key"):
+        plan_lanes(by_slug, 2, using="default")
