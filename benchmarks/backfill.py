@@ -82,7 +82,10 @@ def command(
             env_extra=env,
         )
     assert "NULL rows left: 0" in out, out[-500:]
-    batch_ms = [float(ms) for ms in re.findall(r"rows in (\d+) ms", out)]
+    batch_ms = [
+        (float(whole), float(locked))
+        for whole, locked in re.findall(r"rows in (\d+) ms \(row locks held (\d+) ms\)", out)
+    ]
     sizes = [int(size.replace(",", "")) for size in re.findall(r"batch of ([\d,]+) keys", out)]
     return seconds, peak, batch_ms, sizes, out
 
@@ -137,11 +140,15 @@ def main() -> None:
             f"**{rate / bulk_rate:.1f}×** |"
         )
 
-    def batches(label: str, batch_ms: list[float], sizes: list[int]) -> str:
+    def batches(label: str, batch_ms: list[tuple[float, float]], sizes: list[int]) -> str:
+        whole = [ms for ms, _ in batch_ms]
+        locked = [ms for _, ms in batch_ms]
         return (
-            f"- Batch duration, {label} ({sizing(sizes)}, {len(batch_ms)} batches): "
-            f"p50 {statistics.median(batch_ms):.0f} ms, **p99 {percentile(batch_ms, 99):.0f} ms** "
-            f"(target ≤ 100 ms), max {max(batch_ms):.0f} ms."
+            f"- Batches, {label} ({sizing(sizes)}, {len(batch_ms)} batches): row locks held "
+            f"p50 {statistics.median(locked):.0f} ms, **p99 {percentile(locked, 99):.0f} ms** "
+            f"(target ≤ 100 ms), max {max(locked):.0f} ms; the whole batch (with its upper-key "
+            f"read before the UPDATE) p50 {statistics.median(whole):.0f} ms, "
+            f"**p99 {percentile(whole, 99):.0f} ms**, max {max(whole):.0f} ms."
         )
 
     cmd_seconds, cmd_peak, cmd_ms, cmd_sizes, _ = serial

@@ -81,7 +81,8 @@ class BatchPolicy:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
 
-    # Adaptive batch size: aim each batch at this many milliseconds (None: keep batch_size).
+    # Adaptive batch size: aim each batch's row locks (UPDATE to commit) at this many
+    # milliseconds (None: keep batch_size).
     target_batch_ms: float | None = None
     min_batch_size: int = 100
     max_batch_size: int = 50_000
@@ -104,7 +105,8 @@ class BatchPolicy:
 
 @dataclass
 class BatchSizer:
-    """Grows and shrinks the batch so that a batch takes about ``target_seconds``.
+    """Grows and shrinks the batch so that it holds its row locks (from its UPDATE to its
+    commit) for about ``target_seconds``: the time it can hold up an application write.
 
     Like GitLab's batched background migration optimizer: the time per key is smoothed over
     recent batches (an exponential moving average, so one slow batch does not halve the size),
@@ -157,6 +159,8 @@ class BatchReport:
     seconds: float
     attempts: int
     batch_size: int = 0
+    # From the UPDATE to the commit: how long the batch held its row locks.
+    locked_seconds: float = 0.0
 
 
 @dataclass
@@ -463,11 +467,11 @@ def _run_batch(
     batch_size: int,
     using: str,
     health: HealthCheck | None,
-) -> tuple[int, Any, int] | None:
+) -> tuple[int, Any, int, float] | None:
     """One batch in one transaction: find its upper key, UPDATE, checkpoint. None when done.
 
-    Returns the rows updated, the batch's last key and how many sessions were waiting on its
-    locks just before it committed.
+    Returns the rows updated, the batch's last key, how many sessions were waiting on its
+    locks just before it committed, and the seconds it held them (UPDATE to commit).
     """
     with transaction.atomic(using=using):
         _configure_batch(policy, using)
@@ -486,7 +490,7 @@ def _run_batch(
         )
         if upper is None:
             return None
-        started = time.perf_counter()
+        locked_at = time.perf_counter()
         rows = keys.filter(backfill.pending, **{f"{backfill.key}__lte": upper}).update(
             **{backfill.field: backfill.value}
         )
@@ -496,9 +500,9 @@ def _run_batch(
             last_key=upper,
             rows=rows,
             batch_size=batch_size,
-            seconds=time.perf_counter() - started,
+            seconds=time.perf_counter() - locked_at,
         )
-        return rows, upper, waiters
+    return rows, upper, waiters, time.perf_counter() - locked_at
 
 
 def _first_pending(backfill: Backfill, *, using: str) -> Any:
@@ -622,7 +626,6 @@ def run_backfill(
         batch_size = sizer.size
         while True:
             attempt += 1
-            attempt_started = time.perf_counter()
             try:
                 outcome = _run_batch(
                     backfill, policy, checkpoint, batch_size=batch_size, using=using, health=health
@@ -653,11 +656,11 @@ def run_backfill(
                 # Behind the walk: go back to just before it, not to the start of the table.
                 checkpoint.rewind(_key_before(backfill, first_pending, using=using))
             continue
-        rows, last_key, waiters = outcome
+        rows, last_key, waiters, locked = outcome
         seconds = time.perf_counter() - batch_started
         result.rows += rows
         result.batches += 1
-        sizer.observe(keys=batch_size, seconds=time.perf_counter() - attempt_started)
+        sizer.observe(keys=batch_size, seconds=locked)
         if on_batch is not None:
             on_batch(
                 BatchReport(
@@ -666,6 +669,7 @@ def run_backfill(
                     seconds=seconds,
                     attempts=attempt,
                     batch_size=batch_size,
+                    locked_seconds=locked,
                 )
             )
         if waiters:

@@ -199,7 +199,8 @@ class Command(ProjectCommand):
             if verbosity >= 2:
                 self.stdout.write(
                     f"  batch of {report.batch_size:,} keys up to {report.last_key}: "
-                    f"{report.rows:,} rows in {report.seconds * 1000:.0f} ms"
+                    f"{report.rows:,} rows in {report.seconds * 1000:.0f} ms "
+                    f"(row locks held {report.locked_seconds * 1000:.0f} ms)"
                     + (f" after {report.attempts - 1} retries" if report.attempts > 1 else "")
                 )
 
