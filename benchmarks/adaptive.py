@@ -165,7 +165,8 @@ def main() -> None:
     ratio = loaded["p99"] / target
     lines += [
         "",
-        f"Under load the p99 batch duration is {loaded['p99']:,} ms = **{ratio:.2f}× the "
+        "Under load the p99 time a batch held its row locks (UPDATE to commit) is "
+        f"{loaded['p99']:,} ms = **{ratio:.2f}× the "
         f"{target:g} ms target** (limit 1.5×); on the quiet database it is "
         f"{quiet['p99'] / target:.2f}×. The loaded run settled at "
         f"{loaded['settled'] / quiet['settled']:.2f}× the quiet run's batch size.",

@@ -193,12 +193,12 @@ BACKFILL_SLICE_SECONDS = env_float("BACKFILL_SLICE_SECONDS", 60.0)
 # Runs on workers: the first batch size (then adaptive), and a pause between batches.
 BACKFILL_WORKER_BATCH_SIZE = env_int("BACKFILL_WORKER_BATCH_SIZE", 3_000)
 BACKFILL_WORKER_SLEEP_SECONDS = env_float("BACKFILL_WORKER_SLEEP_SECONDS", 0.0)
-# Batches aim at this duration (0: fixed --batch-size). Row locks are held for a batch's
-# duration; 60 ms keeps the p99 under 100 ms (docs/benchmarks.md).
+# Batches aim to hold their row locks (UPDATE to commit) this long (0: fixed --batch-size);
+# 60 ms keeps the p99 under 100 ms (docs/benchmarks.md).
 BACKFILL_TARGET_BATCH_MS = env_float("BACKFILL_TARGET_BATCH_MS", 60.0)
 # Connections that fill a run in parallel, each walking its own lane of keys (PostgreSQL only):
 # the default of backfill_priority --workers and of the admin's Start. One is the gentlest;
-# two fill ~1.6x faster on 2 cores, with twice the load (docs/benchmarks.md).
+# two fill 1.5-1.7x faster on 2 cores, with twice the load (docs/benchmarks.md).
 BACKFILL_WORKERS = env_int("BACKFILL_WORKERS", 1)
 # Health throttling: back off this long when a signal trips.
 BACKFILL_BACKOFF_SECONDS = env_float("BACKFILL_BACKOFF_SECONDS", 5.0)

@@ -93,8 +93,8 @@ class Command(ProjectCommand):
         parser.add_argument(
             "--target-batch-ms",
             default=None,
-            help="Grow or shrink batches so that each takes about this long; 0 keeps "
-            "--batch-size fixed (default: BACKFILL_TARGET_BATCH_MS, "
+            help="Grow or shrink batches so that each holds its row locks (UPDATE to commit) "
+            "about this long; 0 keeps --batch-size fixed (default: BACKFILL_TARGET_BATCH_MS, "
             f"{settings.BACKFILL_TARGET_BATCH_MS:g}).",
         )
         parser.add_argument(
