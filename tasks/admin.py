@@ -314,6 +314,13 @@ class BackfillRunAdmin(admin.ModelAdmin):
         )
         return redirect("admin:tasks_backfillrun_change", run.pk)
 
+    def get_inline_instances(self, request: HttpRequest, obj=None) -> list:
+        """The lanes only for a parallel run: a run on one connection has none."""
+        inlines = super().get_inline_instances(request, obj)
+        if obj is None or not obj.lanes.exists():
+            inlines = [inline for inline in inlines if not isinstance(inline, BackfillLaneInline)]
+        return inlines
+
     def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
         runs = BackfillRun.objects.using(self._db())
         extra_context = {

@@ -302,6 +302,14 @@ def test_the_run_page_shows_the_lanes_of_a_parallel_run_with_their_checkpoints(a
     assert re.search(r'field-workers">.*?<div class="readonly">2</div>', page, re.S)
 
 
+def test_a_run_on_one_connection_shows_no_lanes(alice):
+    run = make_run(Status.SUCCEEDED)
+
+    page = alice.get(reverse("admin:tasks_backfillrun_change", args=[run.pk])).content.decode()
+
+    assert "Backfill lanes" not in page and "Backfill run events" in page
+
+
 def test_an_admin_action_in_the_wrong_state_shows_why_and_changes_nothing(alice):
     run = make_run(Status.SUCCEEDED)
 
