@@ -808,8 +808,16 @@ def run_lanes(
     ]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        # Ctrl-C lands in this thread: without this the workers would go on to the end of their
+        # lanes before the process could exit. Each stops before its next batch.
+        stop.set()
+        for thread in threads:
+            thread.join()
+        raise
     if errors:
         raise errors[0]
     stopped = {result.stopped for result in results}
