@@ -48,7 +48,7 @@ from tasks.models import BackfillLane, BackfillRun, BackfillRunEvent
 
 Status = BackfillRun.Status
 Kind = BackfillRunEvent.Kind
-# The smoothed rows/s gives this weight to the newest batch.
+# The smoothed rows/s gives this weight to the newest window of batches (RateMeter).
 RATE_SMOOTHING = 0.2
 # Which action applies to a run in which status.
 CONTROL_STATUSES = {
@@ -100,25 +100,34 @@ def record_event(
 
 class RateMeter:
     """The run's smoothed wall-clock rate (pauses between batches included: what the ETA
-    needs), fed by every batch of every lane."""
+    needs), fed by every batch of every lane.
 
-    def __init__(self, rate: float | None) -> None:
+    Rows are counted over at least ``window`` seconds before the rate moves: with lanes, two
+    batches often commit a millisecond apart, and a rate per batch would jump to millions of
+    rows/s.
+    """
+
+    def __init__(self, rate: float | None, window: float = 1.0) -> None:
         self.rate = rate
-        self._at = time.monotonic()
+        self.window = window
+        self._since = time.monotonic()
+        self._rows = 0
         self._lock = threading.Lock()
 
     def add(self, rows: int) -> float | None:
-        """Count a batch of ``rows`` just committed; return the new rate."""
+        """Count a batch of ``rows`` just committed; return the rate."""
         with self._lock:
-            now = time.monotonic()
-            elapsed, self._at = now - self._at, now
-            if elapsed > 0:
-                current = rows / elapsed
-                self.rate = (
-                    current
-                    if self.rate is None
-                    else (1 - RATE_SMOOTHING) * self.rate + RATE_SMOOTHING * current
-                )
+            self._rows += rows
+            elapsed = time.monotonic() - self._since
+            if elapsed <= 0 or (elapsed < self.window and self.rate is not None):
+                return self.rate
+            current = self._rows / elapsed
+            self.rate = (
+                current
+                if self.rate is None
+                else (1 - RATE_SMOOTHING) * self.rate + RATE_SMOOTHING * current
+            )
+            self._since, self._rows = time.monotonic(), 0
             return self.rate
 
 

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks.backfill_control import (
+    RateMeter,
     RunStateError,
     cancel_run,
     claim,
@@ -46,6 +47,32 @@ def act(action, run: BackfillRun) -> BackfillRun:
 
 def legacy(count: int) -> None:
     create_legacy_tasks([Task(title=f"legacy {i}") for i in range(count)])
+
+
+def test_the_rate_is_measured_over_a_window_so_lanes_committing_together_do_not_spike_it(
+    monkeypatch,
+):
+    from tasks import backfill_control
+
+    now = [100.0]
+    monkeypatch.setattr(backfill_control.time, "monotonic", lambda: now[0])
+    meter = RateMeter(None)
+
+    # given: a first batch of 1,000 rows half a second after the start
+    now[0] += 0.5
+    assert meter.add(1_000) == 2_000
+
+    # when: two lanes commit 3,000-row batches a millisecond apart, then 0.6 s later another
+    now[0] += 0.4
+    first = meter.add(3_000)
+    now[0] += 0.001
+    second = meter.add(3_000)
+    now[0] += 0.6
+    third = meter.add(3_000)
+
+    # then: nothing moves before a whole window; then 9,000 rows over ~1 s count once
+    assert first == second == 2_000
+    assert third == pytest.approx(0.8 * 2_000 + 0.2 * 9_000 / 1.001)
 
 
 # -- the state machine -----------------------------------------------------------------------
