@@ -62,6 +62,8 @@ class Backfill:
             bounds &= Q(**{f"{self.key}__gt": after})
         if upto is not None:
             bounds &= Q(**{f"{self.key}__lte": upto})
+        if self.upto is not None:
+            upto = self.upto if upto is None else min(upto, self.upto)
         return replace(self, pending=self.pending & bounds, upto=upto)
 
 
@@ -778,16 +780,35 @@ def run_lanes(
             if on_batch is not None:
                 on_batch(batch)
 
+    def pause(seconds: float) -> None:
+        """Sleep, but not past a stop: after Ctrl-C or a failed lane, a lane backing off or
+        waiting to retry should not sit out its wait."""
+        if sleep is time.sleep:
+            stop.wait(seconds)
+        elif not stop.is_set():
+            sleep(seconds)
+
+    def time_left() -> float | None:
+        """What is left of ``policy.max_seconds`` for all lanes together."""
+        if policy.max_seconds is None:
+            return None
+        return policy.max_seconds - (time.perf_counter() - started)
+
     def walk(mine: Sequence[tuple[Backfill, Checkpoint]]) -> None:
         try:
             for backfill, checkpoint in mine:
+                left = time_left()
+                if left is not None and left <= 0:
+                    with lock:
+                        results.append(BackfillResult(stopped="time budget"))
+                    break
                 result = run_backfill(
                     backfill,
-                    replace(policy, max_batches=None),
+                    replace(policy, max_batches=None, max_seconds=left),
                     _Steered(checkpoint, may_go_on),
                     using=using,
                     on_batch=report,
-                    sleep=sleep,
+                    sleep=pause,
                     health=health,
                     settle=False,
                 )
@@ -800,15 +821,18 @@ def run_lanes(
                 errors.append(error)
             stop.set()
         finally:
-            connections[using].close()
+            try:
+                connections[using].close()
+            except DatabaseError:
+                logger.exception("could not close a backfill worker's connection")
 
     threads = [
         threading.Thread(target=walk, args=(lanes[number::workers],), name=f"backfill-{number}")
         for number in range(min(workers, len(lanes)))
     ]
-    for thread in threads:
-        thread.start()
     try:
+        for thread in threads:
+            thread.start()
         for thread in threads:
             thread.join()
     except BaseException:
@@ -816,9 +840,12 @@ def run_lanes(
         # lanes before the process could exit. Each stops before its next batch.
         stop.set()
         for thread in threads:
-            thread.join()
+            if thread.is_alive():
+                thread.join()
         raise
     if errors:
+        for error in errors[1:]:
+            logger.error("another lane failed too", exc_info=error)
         raise errors[0]
     stopped = {result.stopped for result in results}
     total = BackfillResult(

@@ -445,10 +445,15 @@ def walk_lanes(
     lanes = list(BackfillLane.objects.using(using).filter(run=run))
     if not lanes:
         ranges = plan_lanes(backfill.within(checkpoint.last_key, None), workers, using=using)
-        lanes = BackfillLane.objects.using(using).bulk_create(
-            BackfillLane(run=run, number=number, after_key=after, upto_key=upto)
-            for number, (after, upto) in enumerate(ranges, start=1)
-        )
+        with transaction.atomic(using=using):
+            lanes = BackfillLane.objects.using(using).bulk_create(
+                BackfillLane(run=run, number=number, after_key=after, upto_key=upto)
+                for number, (after, upto) in enumerate(ranges, start=1)
+            )
+            # The lanes take the keys after the run's checkpoint; the pass after them starts
+            # at the first NULL row left, not at that checkpoint (which would walk every lane's
+            # keys again on one connection).
+            checkpoint.rewind(None)
     open_lanes = [lane for lane in lanes if not lane.finished]
     walked = BackfillResult(finished=True, stopped="finished")
     if open_lanes:

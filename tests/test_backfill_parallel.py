@@ -190,6 +190,26 @@ def test_max_batches_bounds_all_lanes_together_and_one_worker_finishes_the_lanes
     assert not Task.objects.filter(priority__isnull=True).exists()
 
 
+def test_a_run_started_on_one_connection_carries_on_in_lanes_after_its_checkpoint(expand_step):
+    # given: a run that did 2 batches of 500 on one connection
+    seed_legacy(3_000)
+    backfill(batch_size=500, max_batches=2)
+    run = BackfillRun.objects.get()
+    done_to = run.last_key
+
+    # when: it is resumed with 2 workers
+    backfill(workers=2, batch_size=500)
+
+    # then: the lanes took the keys after its checkpoint, two batches each, and the pass
+    # after them found nothing left without walking those keys again
+    run.refresh_from_db()
+    assert (run.status, run.rows_done) == ("succeeded", 3_000)
+    lane_1, lane_2 = run.lanes.all()
+    assert lane_1.after_key == done_to and (lane_1.batches, lane_2.batches) == (2, 2)
+    assert run.batches == 6
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
 def test_rows_committed_behind_the_lanes_and_after_the_last_key_are_filled(expand_step):
     # given
     seed_legacy(2_000)

@@ -224,7 +224,7 @@ class Command(ProjectCommand):
             ) from exc
         except BackfillBusy as exc:
             raise CommandError(f"Not started: {exc}.") from exc
-        except RunStateError as exc:
+        except (RunStateError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         except LeaseLost as exc:
             raise CommandError(
