@@ -553,7 +553,7 @@ def run_backfill(
     *,
     using: str,
     on_batch: Callable[[BatchReport], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], bool | None] = time.sleep,
     health: HealthCheck | None = None,
     settle: bool = True,
 ) -> BackfillResult:
@@ -594,11 +594,14 @@ def run_backfill(
             checkpoint.rewind(_key_before(backfill, first_pending, using=using))
 
     def wait(seconds: float) -> None:
-        """Sleep in short steps, keeping the run's heartbeat fresh."""
+        """Sleep in short steps, keeping the run's heartbeat fresh. A ``sleep`` that returns
+        True was interrupted (a lane told to stop), and ends the wait."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            sleep(min(left, 1.0))
+            interrupted = sleep(min(left, 1.0))
             checkpoint.heartbeat()
+            if interrupted:
+                break
 
     while True:
         if policy.max_batches is not None and result.batches >= policy.max_batches:
@@ -780,13 +783,14 @@ def run_lanes(
             if on_batch is not None:
                 on_batch(batch)
 
-    def pause(seconds: float) -> None:
-        """Sleep, but not past a stop: after Ctrl-C or a failed lane, a lane backing off or
-        waiting to retry should not sit out its wait."""
+    def pause(seconds: float) -> bool:
+        """Sleep, but not past a stop (then True): after Ctrl-C or a failed lane, a lane backing
+        off or waiting to retry should not sit out its wait."""
         if sleep is time.sleep:
-            stop.wait(seconds)
-        elif not stop.is_set():
+            return stop.wait(seconds)
+        if not stop.is_set():
             sleep(seconds)
+        return stop.is_set()
 
     def time_left() -> float | None:
         """What is left of ``policy.max_seconds`` for all lanes together."""
@@ -834,7 +838,10 @@ def run_lanes(
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            while thread.is_alive():
+                # In short waits: the OS may deliver Ctrl-C's signal to a worker thread, and
+                # then only a wake-up of this (main) thread runs Python's handler.
+                thread.join(0.2)
     except BaseException:
         # Ctrl-C lands in this thread: without this the workers would go on to the end of their
         # lanes before the process could exit. Each stops before its next batch.

@@ -135,11 +135,11 @@ def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(
 
 
 def test_ctrl_c_stops_every_lane_before_its_next_batch(expand_step):
-    # given: a 2-worker command that would need ~20 s more
+    # given: a 2-worker command that would need ~50 s more
     seed_legacy(20_000)
     process = subprocess.Popen(
         [sys.executable, "manage.py", "backfill_priority", "--workers=2", "--batch-size=100"]
-        + ["--target-batch-ms=0", "--sleep=0.2", "--no-progress"],
+        + ["--target-batch-ms=0", "--sleep=0.5", "--no-progress"],
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": database_url()},
         stdout=subprocess.DEVNULL,
@@ -153,7 +153,7 @@ def test_ctrl_c_stops_every_lane_before_its_next_batch(expand_step):
 
         # when
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
+        process.wait(timeout=20)
     finally:
         if process.poll() is None:
             process.kill()
