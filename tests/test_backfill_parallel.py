@@ -144,6 +144,9 @@ def test_ctrl_c_stops_every_lane_before_its_next_batch(expand_step):
         env={**os.environ, "DATABASE_URL": database_url()},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # As from a terminal: a shell running CI in the background ignores SIGINT, and a child
+        # inherits that (Python then installs no KeyboardInterrupt handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
