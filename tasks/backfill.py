@@ -784,10 +784,9 @@ def run_lanes(
                 on_batch(batch)
 
     def pause(seconds: float) -> bool:
-        """Sleep, but not past a stop (then True): after Ctrl-C or a failed lane, a lane backing
-        off or waiting to retry should not sit out its wait."""
-        if sleep is time.sleep:
-            return stop.wait(seconds)
+        """Sleep unless stopped; True once stopped, which ends a lane's back-off or retry wait
+        (waits sleep a second at most at a time): after Ctrl-C or a failed lane, no lane should
+        sit out a 5 s back-off."""
         if not stop.is_set():
             sleep(seconds)
         return stop.is_set()

@@ -38,7 +38,6 @@ from tasks.backfill import (
     HealthCheck,
     LeaseLost,
     RunCheckpoint,
-    check_workers,
     exclusive_run,
     plan_lanes,
     run_backfill,
@@ -379,7 +378,6 @@ def process_run(
     (:func:`walk_lanes`). Raises :class:`~tasks.backfill.BackfillBusy` if another process
     holds the run.
     """
-    check_workers(workers, using=using)
     with exclusive_run(run.name, using=using) as exclusive:
         checkpoint = claim(
             run,

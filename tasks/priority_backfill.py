@@ -83,8 +83,9 @@ def backfill_priority(
     call did. ``on_start`` is told the run, whether it resumed, and the rows pending. While
     paused it waits for resume or cancel. Raises :class:`~tasks.backfill.BackfillBusy` if
     another process holds the run, :class:`~tasks.backfill_control.RunStateError` if it is
-    paused (resume it first).
+    paused (resume it first), ValueError if ``workers`` cannot work on this database.
     """
+    check_workers(workers, using=using)
     # Held across the checks, so that a refused start writes nothing.
     with exclusive_run(PRIORITY_BACKFILL, using=using) as exclusive:
         pending = Task.objects.using(using).filter(PENDING).count()

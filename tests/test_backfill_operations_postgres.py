@@ -59,6 +59,9 @@ def manage(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a shell running CI in the background ignores SIGINT, and a child
+        # inherits that (Python then installs no KeyboardInterrupt handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -1,10 +1,7 @@
 """Parallel lanes (backfill_priority --workers N): several connections fill one run, each
 walking its own key range with its own checkpoint, on real PostgreSQL."""
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from io import StringIO
@@ -18,13 +15,8 @@ from tasks.backfill import Backfill, BatchPolicy, plan_lanes
 from tasks.backfill_control import cancel_run
 from tasks.models import BackfillLane, BackfillRun, Category, Task
 from tasks.priority_backfill import backfill_priority, priority_backfill
-from tests.test_backfill_postgres import (
-    ROOT,
-    assert_rule_applied_to,
-    database_url,
-    hold_row_lock,
-    seed_legacy,
-)
+from tests.test_backfill_operations_postgres import manage, wait_until
+from tests.test_backfill_postgres import assert_rule_applied_to, hold_row_lock, seed_legacy
 
 pytestmark = pytest.mark.postgres
 
@@ -49,6 +41,12 @@ def assert_lanes_match_the_data(run: BackfillRun) -> None:
         assert not in_lane.filter(pk__gt=done_to, priority__isnull=False).exists(), lane
         assert lane.rows_done == in_lane.filter(priority__isnull=False).count(), lane
     assert sum(lane.rows_done for lane in lanes) == run.rows_done
+
+
+def each_lane_has_done(process, *, rows: int) -> bool:
+    """Whether each of the 2 lanes has done ``rows`` rows; fails at once if the command died."""
+    assert process.poll() is None, process.stderr.read()
+    return BackfillLane.objects.filter(rows_done__gte=rows).count() == 2
 
 
 def test_two_workers_fill_every_row_once_in_disjoint_lanes_at_the_same_time(expand_step):
@@ -88,28 +86,11 @@ def test_two_workers_fill_every_row_once_in_disjoint_lanes_at_the_same_time(expa
 def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(expand_step):
     # given: a command filling 20,000 rows with 2 workers
     seed_legacy(20_000)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "manage.py",
-            "backfill_priority",
-            "--workers=2",
-            "--batch-size=250",
-            "--target-batch-ms=0",
-            "--sleep=0.05",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url()},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        lanes = BackfillLane.objects.filter(rows_done__gte=1_000).count()
-        if lanes == 2:
-            break
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.05)
+    process = manage(
+        "backfill_priority", "--workers=2", "--batch-size=250", "--target-batch-ms=0",
+        "--sleep=0.05",
+    )  # fmt: skip
+    wait_until(lambda: each_lane_has_done(process, rows=1_000), what="both lanes under way")
 
     # when: it is killed mid-batch, without a chance to clean up
     process.send_signal(signal.SIGKILL)
@@ -137,22 +118,12 @@ def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(
 def test_ctrl_c_stops_every_lane_before_its_next_batch(expand_step):
     # given: a 2-worker command that would need ~50 s more
     seed_legacy(20_000)
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "backfill_priority", "--workers=2", "--batch-size=100"]
-        + ["--target-batch-ms=0", "--sleep=0.5", "--no-progress"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url()},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        # As from a terminal: a shell running CI in the background ignores SIGINT, and a child
-        # inherits that (Python then installs no KeyboardInterrupt handler).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = manage(
+        "backfill_priority", "--workers=2", "--batch-size=100", "--target-batch-ms=0",
+        "--sleep=0.5", "--no-progress",
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while BackfillLane.objects.filter(rows_done__gt=0).count() < 2:
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.05)
+        wait_until(lambda: each_lane_has_done(process, rows=1), what="both lanes under way")
 
         # when
         process.send_signal(signal.SIGINT)
@@ -273,20 +244,12 @@ def test_a_failing_lane_stops_the_others_and_the_run_resumes_once_the_lock_is_go
 def test_cancelling_a_parallel_run_stops_every_lane_and_is_recorded_once(expand_step):
     # given: a 2-worker run in another process
     seed_legacy(20_000)
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "backfill_priority", "--workers=2", "--batch-size=100"]
-        + ["--target-batch-ms=0", "--sleep=0.05", "--no-progress"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url()},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = manage(
+        "backfill_priority", "--workers=2", "--batch-size=100", "--target-batch-ms=0",
+        "--sleep=0.05", "--no-progress",
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while BackfillLane.objects.filter(rows_done__gt=0).count() < 2:
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.05)
+        wait_until(lambda: each_lane_has_done(process, rows=1), what="both lanes under way")
 
         # when
         backfill(cancel=True)

@@ -12,7 +12,6 @@ from tasks.backfill import (
     BatchPolicy,
     BatchReport,
     LeaseLost,
-    check_workers,
     column_state,
     find_open_run,
 )
@@ -169,10 +168,6 @@ class Command(ProjectCommand):
         if options["dry_run"]:
             self.dry_run(using=using, restart=options["restart"])
             return
-        try:
-            check_workers(workers, using=using)
-        except ValueError as exc:
-            raise CommandError(f"--workers {workers}: {exc}") from exc
         try:
             # Checked here for runs on workers too: they read the same settings.
             health = DatabaseHealth.from_settings(Task)
@@ -344,7 +339,7 @@ class Command(ProjectCommand):
                 restart=restart,
                 workers=workers,
             )
-        except RunStateError as exc:
+        except (RunStateError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         except DatabaseError as exc:
             raise CommandError(
