@@ -49,6 +49,9 @@ def copy_of(template: str, name: str):
     with psycopg.connect(server_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        # The copy is written to the WAL (~300 MB at 1,000,000 rows): without a checkpoint
+        # here, the variant measured next would pay for flushing it, as a matter of timing.
+        conn.execute("CHECKPOINT")
     try:
         yield {"DATABASE_URL": database_url(name)}
     finally:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections, models, transaction
-from django.db.models import Count, F, Max, Min, Q
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Max, Min, Q
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # code may keep inserting NULL rows until the contract step's default stops it; the contract's
 # catch-up takes what is left then.
 MAX_PASSES = 4
+# How many of the table's first keys _first_pending reads before it scans the whole table.
+FIRST_PENDING_PROBE = 1_000
 # SQLSTATEs worth retrying: lock_not_available (lock_timeout), query_canceled
 # (statement_timeout), deadlock_detected, serialization_failure.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
@@ -510,11 +512,24 @@ def _run_batch(
 def _first_pending(backfill: Backfill, *, using: str) -> Any:
     """The smallest key of a row that still needs the value (None if there is none).
 
-    On PostgreSQL without index scans: the planner answers MIN(key) by walking the key's index
-    in order and checking each row, betting that pending rows are spread evenly. After a run
-    they sit at the end of the table, so that walk reads every row through the index — 790 ms
-    at 1,000,000 rows against 112 ms for a sequential scan (EXPLAIN ANALYZE, docs/design.md).
+    First it looks among the table's first ``FIRST_PENDING_PROBE`` keys: where a new column is
+    NULL everywhere, the answer is there, read through the key's index in about a millisecond.
+    Otherwise it scans the table, on PostgreSQL without index scans: the planner answers
+    MIN(key) by walking the key's index in order and checking each row, betting that pending
+    rows are spread evenly. After a run they sit at the end of the table, so that walk reads
+    every row through the index — 790 ms at 1,000,000 rows against 112 ms for a sequential scan
+    (EXPLAIN ANALYZE, docs/design.md).
     """
+    # Exact when found: any pending key beyond the head is larger than every key in it.
+    in_head = (
+        backfill.model._default_manager.using(using)
+        .order_by(backfill.key)
+        .annotate(backfill_pending=ExpressionWrapper(backfill.pending, BooleanField()))
+        .values(backfill.key, "backfill_pending")[:FIRST_PENDING_PROBE]
+        .aggregate(first=Min(backfill.key, filter=Q(backfill_pending=True)))["first"]
+    )
+    if in_head is not None:
+        return in_head
     connection = connections[using]
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":

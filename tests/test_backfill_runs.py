@@ -184,6 +184,29 @@ def test_a_new_owner_takes_over_an_expired_lease_and_the_old_one_loses_the_run()
 
 
 @pytest.mark.django_db
+def test_a_pause_between_two_checkpoints_stops_the_run_after_the_next_batch(
+    django_assert_num_queries,
+):
+    run = make_run(Status.RUNNING)
+    checkpoint = claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
+    assert checkpoint.control() == "run"
+
+    # given: a batch's checkpoint found the run running; it read the status for the next batch
+    checkpoint.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+    with django_assert_num_queries(0):
+        assert checkpoint.control() == "run"
+
+    # when: an operator pauses it while the next batch runs
+    act(pause_run, run)
+    checkpoint.record_batch(last_key=20, rows=10, batch_size=10, seconds=0.01)
+
+    # then: that batch is checkpointed, and the run stops before another
+    assert checkpoint.control() == "pause"
+    paused = BackfillRun.objects.get(pk=run.pk)
+    assert (paused.status, paused.last_key, paused.rows_done) == (Status.PAUSED, 20, 20)
+
+
+@pytest.mark.django_db
 def test_a_live_lease_is_not_taken():
     run = make_run(Status.RUNNING)
     claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
