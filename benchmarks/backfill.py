@@ -1,13 +1,18 @@
 """Backfill benchmark on PostgreSQL: `manage.py backfill_priority` against its baselines.
 
-    python benchmarks/backfill.py [--tasks 1000000] [--small 100000] [--batch-size N] [--workers 2]
+    python benchmarks/backfill.py [--tasks 1000000] [--small 100000] [--batch-size N]
+                                  [--workers 2] [--rounds 3]
 
 Seeds --tasks legacy rows (priority NULL, at the expand step) once into a template database,
 then gives each variant its own copy (CREATE DATABASE ... TEMPLATE), so all start from the same
 state: one single UPDATE (the physical limit of one connection), the command with --sleep 0 as
-a whole process with 1 worker (its default) and with --workers, and Django's bulk_update in
-keyset batches of 1,000. Also reports the command's per-batch durations (p50/p99/max, from -v2)
-and its peak memory at --small and --tasks rows. Writes docs/benchmarks.md.
+a whole process with 1 worker (its default) and with --workers, a bare keyset loop of the same
+UPDATEs on 1 and on --workers connections (what the hardware allows batched work, without the
+command's bookkeeping), and Django's bulk_update in keyset batches of 1,000. All but bulk_update
+run --rounds times, interleaved, and are reported by their median: on a shared 2-core host one
+variant alone varies by 20% from minute to minute. Also reports the command's per-batch
+durations (p50/p99/max, from -v2) and its peak memory at --small and --tasks rows. Writes
+docs/benchmarks.md.
 """
 
 import argparse
@@ -59,9 +64,9 @@ def copy_of(template: str, name: str):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def variant(template: str, name: str) -> tuple[int, float]:
+def variant(template: str, *name: str) -> tuple[int, float]:
     with copy_of(template, "taskproj_bench_variant") as env:
-        _, _, out = run([sys.executable, "benchmarks/backfill_variants.py", name], env_extra=env)
+        _, _, out = run([sys.executable, "benchmarks/backfill_variants.py", *name], env_extra=env)
     rows, seconds = out.split()
     return int(rows), float(seconds)
 
@@ -107,16 +112,29 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="the parallel variant's --workers (default: 2)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of each fast variant (default: 3)"
+    )
     args = parser.parse_args()
     batch_size = args.batch_size or BatchPolicy().batch_size
+    workers = args.workers
 
     big, small = "taskproj_bench_tpl_big", "taskproj_bench_tpl_small"
     prepare_template(big, args.tasks)
     prepare_template(small, args.small)
+    seconds: dict[str, list[float]] = {}
+    serial, parallel = [], []
     try:
-        single_rows, single_seconds = variant(big, "single-update")
-        serial = command(big, args.batch_size)
-        parallel = command(big, args.batch_size, args.workers)
+        for _ in range(args.rounds):
+            for name, *extra in (["single-update"], ["keyset-loop", "1"]):
+                rows, took = variant(big, name, *extra)
+                assert rows == args.tasks, (name, rows)
+                seconds.setdefault(" ".join([name, *extra]), []).append(took)
+            rows, took = variant(big, "keyset-loop", str(workers))
+            assert rows == args.tasks, ("keyset-loop", rows)
+            seconds.setdefault("keyset-loop N", []).append(took)
+            serial.append(command(big, args.batch_size))
+            parallel.append(command(big, args.batch_size, workers))
         bulk_rows, bulk_seconds = variant(big, "bulk-update")
         small_peak = command(small, args.batch_size)[1]
     finally:
@@ -124,8 +142,11 @@ def main() -> None:
             with scratch_database(name):
                 pass
 
-    assert single_rows == bulk_rows == args.tasks, (single_rows, bulk_rows)
-    single_rate = args.tasks / single_seconds
+    assert bulk_rows == args.tasks, bulk_rows
+    seconds["command 1"] = [took for took, *_ in serial]
+    seconds["command N"] = [took for took, *_ in parallel]
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    single_rate = args.tasks / median["single-update"]
     bulk_rate = args.tasks / bulk_seconds
 
     def sizing(sizes: list[int]) -> str:
@@ -136,54 +157,76 @@ def main() -> None:
             f"{sizes[0]:,}, median {statistics.median(sizes):,.0f} keys"
         )
 
-    def row(label: str, seconds: float) -> str:
-        rate = args.tasks / seconds
+    def row(label: str, name: str) -> str:
+        values = seconds.get(name, [bulk_seconds])
+        rate = args.tasks / statistics.median(values)
+        spread = f" ({min(values):.1f}–{max(values):.1f})" if len(values) > 1 else ""
         return (
-            f"| {label} | {seconds:.1f} | {rate:,.0f} | **{rate / single_rate:.2f}×** | "
-            f"**{rate / bulk_rate:.1f}×** |"
+            f"| {label} | {statistics.median(values):.1f}{spread} | {rate:,.0f} | "
+            f"**{rate / single_rate:.2f}×** | **{rate / bulk_rate:.1f}×** |"
         )
 
-    def batches(label: str, batch_ms: list[tuple[float, float]], sizes: list[int]) -> str:
+    def batches(label: str, runs: list) -> str:
+        batch_ms = [ms for _, _, run_ms, _, _ in runs for ms in run_ms]
+        sizes = [size for _, _, _, run_sizes, _ in runs for size in run_sizes]
         whole = [ms for ms, _ in batch_ms]
         locked = [ms for _, ms in batch_ms]
         return (
-            f"- Batches, {label} ({sizing(sizes)}, {len(batch_ms)} batches): row locks held "
-            f"p50 {statistics.median(locked):.0f} ms, **p99 {percentile(locked, 99):.0f} ms** "
-            f"(target ≤ 100 ms), max {max(locked):.0f} ms; the whole batch (with its upper-key "
-            f"read before the UPDATE) p50 {statistics.median(whole):.0f} ms, "
-            f"**p99 {percentile(whole, 99):.0f} ms**, max {max(whole):.0f} ms."
+            f"- Batches, {label} ({sizing(sizes)}, {len(batch_ms)} batches in {len(runs)} runs): "
+            f"row locks held p50 {statistics.median(locked):.0f} ms, "
+            f"**p99 {percentile(locked, 99):.0f} ms** (target ≤ 100 ms), max {max(locked):.0f} ms; "
+            f"the whole batch (with its upper-key read before the UPDATE) p50 "
+            f"{statistics.median(whole):.0f} ms, **p99 {percentile(whole, 99):.0f} ms**, "
+            f"max {max(whole):.0f} ms."
         )
 
-    cmd_seconds, cmd_peak, cmd_ms, cmd_sizes, _ = serial
-    par_seconds, _, par_ms, par_sizes, _ = parallel
+    def per_round(name: str) -> str:
+        ratios = [
+            single / took
+            for single, took in zip(seconds["single-update"], seconds[name], strict=True)
+        ]
+        return ", ".join(f"{ratio:.2f}×" for ratio in ratios)
+
+    cmd_peak = max(peak for _, peak, *_ in serial)
     lines = [
         "## Backfill (PostgreSQL)",
         "",
         f"Command: `python benchmarks/backfill.py --tasks {args.tasks} --small {args.small}"
         + (f" --batch-size {args.batch_size}" if args.batch_size else "")
-        + f" --workers {args.workers}` ({datetime.now(UTC):%Y-%m-%d}, 2 cores). "
-        f"{args.tasks:,} legacy rows (priority NULL) at the expand step; every variant starts "
-        "from its own copy of the same template database, in one run of the script. Targets: "
-        "the command at least 0.8× the single UPDATE and at least 20× `bulk_update`.",
+        + f" --workers {workers} --rounds {args.rounds}` ({datetime.now(UTC):%Y-%m-%d}, "
+        f"2 cores). {args.tasks:,} legacy rows (priority NULL) at the expand step; every variant "
+        "starts from its own copy of the same template database, in one run of the script. "
+        f"Seconds are the median of {args.rounds} interleaved runs (range in brackets), "
+        "`bulk_update` ran once. Targets: the command at least 0.8× the single UPDATE and at "
+        "least 20× `bulk_update`.",
         "",
         "| variant | seconds | rows/s | ÷ single UPDATE | ÷ `bulk_update` |",
         "|---|---:|---:|---:|---:|",
         row(
             "one `UPDATE … SET priority = <rule> WHERE priority IS NULL` (statement only)",
-            single_seconds,
+            "single-update",
         ),
         row(
             "`manage.py backfill_priority --sleep 0` (whole process, 1 worker: the default)",
-            cmd_seconds,
+            "command 1",
         ),
         row(
-            f"`manage.py backfill_priority --sleep 0 --workers {args.workers}` (whole process)",
-            par_seconds,
+            f"`manage.py backfill_priority --sleep 0 --workers {workers}` (whole process)",
+            "command N",
         ),
-        row("`bulk_update` in keyset batches of 1,000", bulk_seconds),
+        row(
+            "bare keyset loop, 4,000 keys per batch, 1 connection (no bookkeeping)", "keyset-loop 1"
+        ),
+        row(
+            f"bare keyset loop, 4,000 keys per batch, {workers} connections (no bookkeeping)",
+            "keyset-loop N",
+        ),
+        row("`bulk_update` in keyset batches of 1,000", "bulk-update"),
         "",
-        batches("1 worker", cmd_ms, cmd_sizes),
-        batches(f"{args.workers} workers", par_ms, par_sizes),
+        f"- Command ÷ single UPDATE, run by run: 1 worker {per_round('command 1')}; "
+        f"{workers} workers {per_round('command N')}.",
+        batches("1 worker", serial),
+        batches(f"{workers} workers", parallel),
         f"- Peak memory of the command: {cmd_peak / 1024:.0f} MiB at {args.tasks:,} rows, "
         f"{small_peak / 1024:.0f} MiB at {args.small:,} rows: **{cmd_peak / small_peak:.2f}×** "
         "(target within 1.10×).",
