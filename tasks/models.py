@@ -161,10 +161,10 @@ class BackfillRun(models.Model):
 
     The checkpoint (``last_key``, ``rows_done``, ``batches``) is written in the same transaction
     as each batch, so a killed run resumes exactly. ``status`` is also how operators steer a
-    run: the process working on it reads it before every batch. The lease (``lease_owner``,
-    ``lease_expires_at``, ``generation``) says which process that is: another one takes over
-    only once the lease has expired, and a batch whose process lost the lease meanwhile is
-    rolled back (its checkpoint write names the generation it holds).
+    run: the process working on it reads it with every batch's checkpoint. The lease
+    (``lease_owner``, ``lease_expires_at``, ``generation``) says which process that is: another
+    one takes over only once the lease has expired, and a batch whose process lost the lease
+    meanwhile is rolled back (its checkpoint write names the generation it holds).
     """
 
     class Status(models.TextChoices):
