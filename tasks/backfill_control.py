@@ -302,6 +302,7 @@ class LaneCheckpoint(LeasedCheckpoint):
         self.last_key = lane.after_key if lane.last_key is None else lane.last_key
 
     def _update_lane(self, **values: Any) -> None:
+        self.running_at_checkpoint = False
         BackfillLane.objects.using(self.using).filter(pk=self.lane.pk).update(
             updated_at=timezone.now(), **values
         )

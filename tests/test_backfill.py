@@ -325,24 +325,34 @@ def test_admin_lists_and_filters_rows_not_backfilled_yet(expand_step, client):
 
 
 @pytest.mark.parametrize(
-    ("null_positions", "batches"),
+    ("null_positions", "batches", "scans"),
     [
-        ([150, 600, 1_300], 14),  # the first among the table's first 1,000 keys: 150 to the end
-        ([1_200, 1_300, 1_450], 3),  # none there: found by a scan, 1,200 to the end
+        # the first NULL row among the table's first 1,000 keys: 150 to the end, and the only
+        # scan of the table is the one that looks for rows left behind the walk
+        ([150, 600, 1_300], 14, 1),
+        # none there: a scan finds it, 1,200 to the end
+        ([1_200, 1_300, 1_450], 3, 2),
     ],
 )
-def test_a_run_starts_at_the_first_null_row_wherever_it_is(expand_step, null_positions, batches):
+def test_a_run_starts_at_the_first_null_row_wherever_it_is(
+    expand_step, null_positions, batches, scans
+):
     # given: 1,500 rows with a priority but a few, as after a run and inserts by old code
     keys = [task.pk for task in legacy_tasks(1_500)]
     nulls_at = [keys[position] for position in null_positions]
     Task.objects.exclude(pk__in=nulls_at).update(priority="low")
 
     # when
-    run, result = backfill_priority(using="default", policy=BatchPolicy(batch_size=100))
+    with CaptureQueriesContext(connection) as queries:
+        run, result = backfill_priority(using="default", policy=BatchPolicy(batch_size=100))
 
     # then: it walked from just before the first NULL row, and filled them all
     assert result.finished and nulls() == 0
     assert (result.rows, result.batches) == (len(null_positions), batches)
+    first_null_reads = [
+        q["sql"] for q in queries if 'MIN("tasks_task"."id") AS "first"' in q["sql"]
+    ]
+    assert len([sql for sql in first_null_reads if " IN (" not in sql]) == scans  # whole table
 
 
 def test_rows_that_appear_behind_the_walk_are_caught_by_another_pass(expand_step):

@@ -207,6 +207,34 @@ def test_a_pause_between_two_checkpoints_stops_the_run_after_the_next_batch(
 
 
 @pytest.mark.django_db
+def test_a_pause_while_the_process_waits_between_batches_is_seen_before_the_next_one():
+    run = make_run(Status.RUNNING)
+    checkpoint = claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
+    checkpoint.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+
+    # when: paused while the process sleeps between batches (--sleep), keeping its lease
+    act(pause_run, run)
+    checkpoint.heartbeat()
+
+    # then: the next batch does not start
+    assert checkpoint.control() == "pause"
+
+
+@pytest.mark.django_db
+def test_a_checkpoint_answers_for_one_batch_only():
+    run = make_run(Status.RUNNING)
+    checkpoint = claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
+    checkpoint.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+    assert checkpoint.control() == "run"
+
+    # when: paused after that answer, before another batch was checkpointed
+    act(pause_run, run)
+
+    # then: the status is read again
+    assert checkpoint.control() == "pause"
+
+
+@pytest.mark.django_db
 def test_a_live_lease_is_not_taken():
     run = make_run(Status.RUNNING)
     claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
