@@ -183,6 +183,15 @@ class BackfillResult:
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
+    def then(self, later: "BackfillResult") -> "BackfillResult":
+        """This call's work followed by ``later``'s: totals added, the outcome ``later``'s."""
+        return replace(
+            later,
+            rows=self.rows + later.rows,
+            batches=self.batches + later.batches,
+            seconds=self.seconds + later.seconds,
+        )
+
 
 class BackfillFailed(Exception):
     """A batch kept failing after its retries; the checkpoint still marks the last good batch."""

@@ -57,7 +57,7 @@ CONTROL_STATUSES = {
     "retry": (Status.FAILED,),
 }
 # What a process working on the run is told to do by the run's status (control()).
-STEERING = {Status.PAUSED: "pause", Status.CANCELLING: "cancel"}
+CONTROL_BY_STATUS = {Status.PAUSED: "pause", Status.CANCELLING: "cancel"}
 # Statuses in which the action has, in effect, already been taken.
 ALREADY = {
     "pause": (Status.PAUSED,),
@@ -184,7 +184,7 @@ class LeasedCheckpoint(RunCheckpoint):
         batch. A pause that commits after this write is seen by the next batch's checkpoint,
         so operators are still obeyed within one batch.
         """
-        if self._write(self._held().exclude(status__in=list(STEERING)), values):
+        if self._write(self._held().exclude(status__in=list(CONTROL_BY_STATUS)), values):
             self.running_at_checkpoint = True
         else:
             self._update(**values)  # paused or cancelling meanwhile; LeaseLost if taken over
@@ -266,7 +266,7 @@ class LeasedCheckpoint(RunCheckpoint):
         )
         if row is None or row[1] != self.generation:
             raise self._lost()
-        return STEERING.get(row[0], "run")
+        return CONTROL_BY_STATUS.get(row[0], "run")
 
     def heartbeat(self) -> None:
         self._update()
@@ -433,10 +433,7 @@ def process_run(
                     result = walk_lanes(checkpoint, backfill, budget, workers=workers, **steps)
                 else:
                     result = run_backfill(backfill, budget, checkpoint, **steps)
-                total.rows += result.rows
-                total.batches += result.batches
-                total.seconds += result.seconds
-                total.finished, total.stopped = result.finished, result.stopped
+                total = total.then(result)
                 if result.stopped != "paused" or not wait_while_paused:
                     break
                 if _wait_for_resume(checkpoint, sleep) == "cancel":
@@ -502,10 +499,7 @@ def walk_lanes(
         using=using,
         **steps,
     )
-    swept.rows += walked.rows
-    swept.batches += walked.batches
-    swept.seconds += walked.seconds
-    return swept
+    return walked.then(swept)
 
 
 def _remaining(policy: BatchPolicy, *, batches: int, seconds: float) -> BatchPolicy:
