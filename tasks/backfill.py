@@ -595,7 +595,8 @@ def run_backfill(
     When the walk reaches the end it looks for the first pending row: one whose transaction
     committed after the walk had passed its key (ids are handed out at INSERT, rows become
     visible at COMMIT) sends the walk back to just before it; rows inserted meanwhile extend it.
-    After ``MAX_PASSES`` such extra rounds the run stops unfinished and stays open. Without
+    After ``MAX_PASSES`` walks in all (the first and the extra rounds) the run stops unfinished
+    and stays open. Without
     ``settle`` the walk is done at its end, and the caller looks for such rows (the lanes of a
     parallel run: one look after all of them, rather than one scan per lane).
 

@@ -1,8 +1,10 @@
 """backfill_priority and the engine behind it, on the run's database (SQLite or PostgreSQL)."""
 
 import datetime
+import re
 import subprocess
 import sys
+import time
 from io import StringIO
 from pathlib import Path
 
@@ -221,9 +223,18 @@ def test_dry_run_counts_per_priority_and_writes_nothing(expand_step):
         ({"sleep": "soon"}, "--sleep must be a number"),
         ({"sleep": "nan"}, "--sleep must be a finite number"),
         ({"max_batches": "0"}, "--max-batches must be at least 1"),
+        ({"max_batches": "all"}, "--max-batches must be a whole number"),
         ({"lock_timeout": "1s"}, "--lock-timeout must be a whole number"),
+        ({"lock_timeout": "0"}, "--lock-timeout must be at least 1"),
+        ({"lock_timeout": "3600001"}, "--lock-timeout must be at most 3,600,000"),
         ({"statement_timeout": "-5"}, "--statement-timeout must be at least 1"),
+        ({"statement_timeout": "15s"}, "--statement-timeout must be a whole number"),
+        ({"statement_timeout": "86400001"}, "--statement-timeout must be at most 86,400,000"),
         ({"max_retries": "-1"}, "--max-retries must be at least 0"),
+        ({"max_retries": "many"}, "--max-retries must be a whole number"),
+        ({"max_retries": "101"}, "--max-retries must be at most 100"),
+        ({"target_batch_ms": "fast"}, "--target-batch-ms must be a number"),
+        ({"target_batch_ms": "-60"}, "--target-batch-ms must be at least 0"),
         ({"database": "replica"}, "Unknown database 'replica'"),
         ({"workers": "0"}, "--workers must be at least 1"),
         ({"workers": "17"}, "--workers must be at most 16"),
@@ -309,19 +320,28 @@ def test_admin_lists_and_filters_rows_not_backfilled_yet(expand_step, client):
     from django.contrib.auth import get_user_model
 
     legacy_tasks(3)
-    Task.objects.bulk_create([Task(title="set", priority="urgent", status="todo")])
+    Task.objects.bulk_create(
+        [
+            Task(title=level, priority=level, status="todo")
+            for level in ("low", "urgent", "medium", "high")
+        ]
+    )
     client.force_login(get_user_model().objects.create_superuser("root", password="x"))
 
     by_priority = client.get("/admin/tasks/task/?o=-3")  # the priority column, descending
+    ascending = client.get("/admin/tasks/task/?o=3")
     not_set = client.get("/admin/tasks/task/?priority=none")
     urgent = client.get("/admin/tasks/task/?priority=urgent")
 
     assert by_priority.status_code == 200
     assert "not set yet" in by_priority.content.decode()
+    # by rank, not alphabetically (which would put medium before low, and high last)
     shown = [t.priority for t in by_priority.context["cl"].result_list]
-    assert shown == ["urgent", None, None, None]
+    assert shown == ["urgent", "high", "medium", "low", None, None, None]
+    shown = [t.priority for t in ascending.context["cl"].result_list]
+    assert shown == [None, None, None, "low", "medium", "high", "urgent"]
     assert len(not_set.context["cl"].result_list) == 3
-    assert [t.title for t in urgent.context["cl"].result_list] == ["set"]
+    assert [t.title for t in urgent.context["cl"].result_list] == ["urgent"]
 
 
 @pytest.mark.parametrize(
@@ -379,6 +399,89 @@ def test_rows_that_appear_behind_the_walk_are_caught_by_another_pass(expand_step
     assert result.finished and run.status == "succeeded"
     assert nulls() == 0
     assert run.rows_done == 13  # 12 + the one that came back
+
+
+def test_rows_that_keep_arriving_behind_the_walk_leave_the_run_open_after_four_walks(
+    expand_step,
+):
+    # given: after every batch the first row turns NULL again, as if old code kept committing
+    # rows behind the walk
+    legacy_tasks(6)
+    first_id = Task.objects.order_by("pk").values_list("pk", flat=True)[0]
+    batches = []
+
+    def reopen_the_first_row(report) -> None:
+        batches.append(report)
+        assert len(batches) < 50, "the walk never gave up"
+        Task.objects.filter(pk=first_id).update(priority=None)
+
+    # when
+    run, result = backfill_priority(
+        using="default", policy=BatchPolicy(batch_size=5), on_batch=reopen_the_first_row
+    )
+
+    # then: four walks of two batches (the first one fills all 6 rows, each later one the row
+    # that came back), then the run stops unfinished and stays open for the next invocation
+    run.refresh_from_db()
+    assert (result.finished, result.stopped) == (False, "rows keep arriving")
+    assert (result.batches, result.rows) == (8, 9)
+    assert run.status == "running" and run.finished_at is None and run.lease_owner == ""
+    assert list(Task.objects.filter(priority__isnull=True).values_list("pk", flat=True)) == [
+        first_id
+    ]
+
+
+def test_sleep_pauses_between_batches(expand_step):
+    legacy_tasks(7)
+    events = []
+
+    def sleep(seconds: float) -> None:
+        events.append("sleep")
+        time.sleep(seconds)
+
+    started = time.monotonic()
+    run, result = backfill_priority(
+        using="default",
+        policy=BatchPolicy(batch_size=3, sleep=0.25),
+        on_batch=lambda report: events.append(f"batch of {report.rows}"),
+        sleep=sleep,
+    )
+
+    assert result.finished and nulls() == 0
+    assert events == ["batch of 3", "sleep", "batch of 3", "sleep", "batch of 1", "sleep"]
+    assert time.monotonic() - started >= 0.75
+
+
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_shows_rows_rate_and_eta_on_a_terminal_and_the_summary_the_rate(
+    expand_step,
+):
+    legacy_tasks(12)
+    out, err = StringIO(), Terminal()
+
+    call_command("backfill_priority", batch_size="5", target_batch_ms="0", stdout=out, stderr=err)
+
+    bar = err.getvalue()
+    assert "12/12" in bar and "row/s" in bar  # rows done of pending, and the rate
+    assert "<00:00" in bar  # elapsed<ETA
+    assert re.search(
+        r"Updated 12 rows in 3 batches, \d+\.\d s \([\d,]+ rows/s\); NULL rows left: 0\.",
+        out.getvalue(),
+    )
+
+
+def test_no_progress_keeps_the_terminal_free_of_the_bar(expand_step):
+    legacy_tasks(4)
+    err = Terminal()
+
+    call_command("backfill_priority", no_progress=True, stdout=StringIO(), stderr=err)
+
+    assert err.getvalue() == ""
+    assert nulls() == 0
 
 
 def test_verbosity_0_prints_nothing(expand_step):

@@ -250,6 +250,133 @@ def test_a_lock_timeout_is_retried_then_stops_cleanly_and_resumes(expand_step):
     assert not Task.objects.filter(priority__isnull=True).exists()
 
 
+def test_a_statement_timeout_is_retried_then_stops_cleanly(expand_step):
+    # given: the 15th row locked by another session, and a statement timeout far shorter than
+    # the lock timeout: the batch that waits for the row is cancelled by its statement timeout
+    seed_legacy(30)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    blocker = hold_row_lock(ids[14])
+    try:
+        # when
+        with pytest.raises(CommandError) as error:
+            call_command(
+                "backfill_priority",
+                batch_size=10,
+                lock_timeout=5_000,
+                statement_timeout=200,
+                max_retries=1,
+                no_progress=True,
+                stdout=StringIO(),
+            )
+
+        # then: retried once, stopped, checkpoint intact after batch 1
+        run = BackfillRun.objects.get()
+        assert "canceling statement due to statement timeout" in str(error.value)
+        assert (run.status, run.rows_done, run.batches, run.last_key) == ("failed", 10, 1, ids[9])
+        assert "attempt 2 of 2" in run.last_error
+        assert Task.objects.filter(priority__isnull=True).count() == 20
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
+def wait_for_a_session_waiting_on_a_lock(other_than: int, timeout: float = 10.0) -> None:
+    """Return once a session (not pid ``other_than``) waits for a row lock."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(conninfo(), autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s AND pid IN "
+                "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+                [other_than],
+            ).fetchone()[0]
+            if waiting:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no session waited for a lock")
+
+
+def test_a_batch_chosen_as_a_deadlock_victim_is_retried_and_overwrites_nothing(expand_step):
+    # given: an application transaction has edited the 6th row and not committed yet
+    seed_legacy(20)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    app = psycopg.connect(conninfo())
+    edit = "UPDATE tasks_task SET description = 'edited by the app' WHERE id = %s"
+    app.execute(edit, [ids[5]])
+    reports, outcome = [], {}
+
+    def run_backfill() -> None:
+        try:
+            outcome["result"] = backfill_priority(
+                using="default",
+                policy=BatchPolicy(batch_size=10, lock_timeout_ms=10_000, backoff_seconds=0.1),
+                on_batch=reports.append,
+            )[1]
+        finally:
+            connections.close_all()
+
+    backfill = threading.Thread(target=run_backfill)
+    backfill.start()
+    try:
+        # when: the first batch has updated rows 1-5 and waits for row 6; then the application
+        # transaction edits row 1 as well: each waits for the other, a deadlock. PostgreSQL
+        # cancels one of them when its deadlock_timeout (1 s) runs out, waiting first: the batch.
+        wait_for_a_session_waiting_on_a_lock(other_than=app.info.backend_pid)
+        time.sleep(0.3)
+        app.execute(edit, [ids[0]])
+        app.commit()
+    finally:
+        backfill.join(timeout=60)
+        app.close()
+
+    # then: the batch was rolled back and retried; the application's edits stand
+    assert outcome["result"].finished
+    assert reports[0].attempts == 2
+    assert set(
+        Task.objects.filter(description="edited by the app").values_list("pk", flat=True)
+    ) == {ids[0], ids[5]}
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_the_data_migration_commits_batch_by_batch(expand_step, settings):
+    # given: one fixed batch and a few rows more, the last row locked by another session
+    settings.BACKFILL_TARGET_BATCH_MS = 0
+    seed_legacy(BatchPolicy().batch_size + 10)
+    last = Task.objects.order_by("-pk").values_list("pk", flat=True)[0]
+    blocker = hold_row_lock(last)
+
+    def migrate() -> None:
+        try:
+            call_command("migrate", "tasks", "0003_priority_backfill", verbosity=0)
+        finally:
+            connections.close_all()
+
+    migration = threading.Thread(target=migrate)
+
+    # when: the migration runs, and its second batch waits for the locked row
+    migration.start()
+    filled_meanwhile = 0
+    try:
+        with psycopg.connect(conninfo(), autocommit=True) as other:
+            deadline = time.monotonic() + 5
+            while not filled_meanwhile and migration.is_alive() and time.monotonic() < deadline:
+                filled_meanwhile = other.execute(
+                    "SELECT count(*) FROM tasks_task WHERE priority IS NOT NULL"
+                ).fetchone()[0]
+                time.sleep(0.05)
+        still_running = migration.is_alive()
+    finally:
+        blocker.rollback()
+        blocker.close()
+        migration.join(timeout=60)
+
+    # then: other sessions saw the first batch committed while the migration was still at work
+    # (an atomic migration would show nothing before its end)
+    assert still_running
+    assert filled_meanwhile == BatchPolicy().batch_size
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
 def test_a_batch_that_waits_on_a_lock_succeeds_once_the_lock_is_released(expand_step):
     seed_legacy(30)
     ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))

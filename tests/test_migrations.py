@@ -1,6 +1,7 @@
 """The priority rollout's migrations, forward and backward between any two steps, on the run's
 database (the PostgreSQL pass proves them on PostgreSQL)."""
 
+import datetime
 import itertools
 
 import pytest
@@ -152,19 +153,25 @@ def test_the_data_migration_is_a_quick_no_op_where_the_command_ran(migrator):
 
 
 def test_the_data_migration_resumes_the_commands_open_run(migrator):
-    # given: the command stopped half-way
+    # given: the command stopped half-way through a run started a month ago; the tasks are due
+    # in 10 days: "medium" by today, but 40 days after the run's date, so "low" by it
     migrator("0002_priority_expand")
+    today = timezone.localdate()
     for i in range(6):
-        old_code_insert(f"legacy {i}")
+        old_code_insert(f"legacy {i}", due_date=today + datetime.timedelta(days=10))
     call_command("backfill_priority", batch_size=3, max_batches=1, no_progress=True, verbosity=0)
+    month_ago = today - datetime.timedelta(days=30)
+    BackfillRun.objects.update(reference_date=month_ago)
 
     # when
     migrator("0003_priority_backfill")
 
-    # then: the same run finished the job
+    # then: the same run finished the job, by its own reference date
     run = BackfillRun.objects.get()
     assert (run.status, run.rows_done, run.batches) == ("succeeded", 6, 2)
-    assert not Task.objects.filter(priority__isnull=True).exists()
+    assert run.reference_date == month_ago
+    priorities = list(Task.objects.order_by("pk").values_list("priority", flat=True))
+    assert priorities == ["medium"] * 3 + ["low"] * 3
 
 
 @pytest.mark.postgres
