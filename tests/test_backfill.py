@@ -176,6 +176,35 @@ def test_a_stopped_run_resumes_with_its_own_reference_date(expand_step):
         assert task.priority == rule.for_task(status=task.status, due_date=task.due_date)
 
 
+@pytest.mark.skipif(
+    IS_POSTGRES, reason="SQLite only: on PostgreSQL the dead session's advisory lock shows at once"
+)
+def test_on_sqlite_a_killed_run_resumes_once_its_lease_has_expired(expand_step):
+    # given: a run whose process was killed after one batch, its lease still running
+    legacy_tasks(10)
+    backfill(batch_size="4", max_batches="1")
+    BackfillRun.objects.update(
+        status="running",
+        lease_owner="command on host-a (pid 4242)",
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
+    )
+
+    # when: the next invocation comes before the lease has expired, it says how long to wait
+    with pytest.raises(CommandError, match=r"host-a \(pid 4242\) \(lease until \d\d:\d\d:\d\d\)"):
+        backfill(batch_size="4")
+    assert nulls() == 6
+
+    # when: it comes after
+    BackfillRun.objects.update(lease_expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    output = backfill(batch_size="4")
+
+    # then: the same run carried on from its checkpoint
+    run = BackfillRun.objects.get()
+    assert f"Resuming run #{run.pk}" in output
+    assert (run.status, run.rows_done, run.batches) == ("succeeded", 10, 3)
+    assert nulls() == 0
+
+
 def test_restart_cancels_the_open_run_and_starts_a_new_one(expand_step):
     legacy_tasks(10)
     backfill(batch_size=4, max_batches=1)
