@@ -481,6 +481,16 @@ def test_sleep_pauses_between_batches(expand_step):
     assert time.monotonic() - started >= 0.75
 
 
+def test_the_command_pauses_for_sleep_between_batches(expand_step):
+    legacy_tasks(7)
+    started = time.monotonic()
+
+    backfill(batch_size="3", sleep="0.2")
+
+    assert time.monotonic() - started >= 0.6  # three batches, a pause after each
+    assert nulls() == 0
+
+
 class Terminal(StringIO):
     def isatty(self) -> bool:
         return True

@@ -280,61 +280,96 @@ def test_a_statement_timeout_is_retried_then_stops_cleanly(expand_step):
         blocker.close()
 
 
-def wait_for_a_session_waiting_on_a_lock(other_than: int, timeout: float = 10.0) -> None:
-    """Return once a session (not pid ``other_than``) waits for a row lock."""
+def wait_until_blocked_by(pid: int, timeout: float = 30.0) -> None:
+    """Return once a session of the test database waits for a lock that session ``pid`` holds."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(conninfo(), autocommit=True) as watcher:
         while time.monotonic() < deadline:
-            waiting = watcher.execute(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s AND pid IN "
-                "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
-                [other_than],
+            blocked = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND %s = ANY(pg_blocking_pids(pid))",
+                [pid],
             ).fetchone()[0]
-            if waiting:
+            if blocked:
                 return
             time.sleep(0.01)
-    raise AssertionError("no session waited for a lock")
+    raise AssertionError(f"no session waited for a lock held by session {pid}")
 
 
-def test_a_batch_chosen_as_a_deadlock_victim_is_retried_and_overwrites_nothing(expand_step):
-    # given: an application transaction has edited the 6th row and not committed yet
-    seed_legacy(20)
-    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
-    app = psycopg.connect(conninfo())
-    edit = "UPDATE tasks_task SET description = 'edited by the app' WHERE id = %s"
-    app.execute(edit, [ids[5]])
-    reports, outcome = [], {}
+def in_thread(target, outcome: dict) -> threading.Thread:
+    """``target`` started in a thread with its own connections; its result or the exception it
+    raised goes to ``outcome``."""
 
-    def run_backfill() -> None:
+    def run() -> None:
         try:
-            outcome["result"] = backfill_priority(
-                using="default",
-                policy=BatchPolicy(batch_size=10, lock_timeout_ms=10_000, backoff_seconds=0.1),
-                on_batch=reports.append,
-            )[1]
+            outcome["result"] = target()
+        except BaseException as exc:  # re-raised by the test, in its own thread
+            outcome["error"] = exc
         finally:
             connections.close_all()
 
-    backfill = threading.Thread(target=run_backfill)
-    backfill.start()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def finished(thread: threading.Thread, outcome: dict):
+    """The result of a thread started by :func:`in_thread`, once it has ended."""
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the thread did not finish"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def test_a_batch_chosen_as_a_deadlock_victim_is_retried_and_overwrites_nothing(expand_step):
+    # given: an application transaction has set the priority of the 6th row, not committed yet,
+    # to a value the rule would not give (so that an overwrite would show)
+    seed_legacy(20)
+    rule = PriorityRule(timezone.localdate())
+    rows = list(Task.objects.order_by("pk").values_list("pk", "status", "due_date"))
+    ids = [pk for pk, _, _ in rows]
+    chosen = {
+        pk: "urgent" if rule.for_task(status=status, due_date=due) != "urgent" else "low"
+        for pk, status, due in rows[:6]
+    }
+    app = psycopg.connect(conninfo())
+    deadlock_timeout = float(
+        app.execute(
+            "SELECT extract(epoch FROM current_setting('deadlock_timeout')::interval)"
+        ).fetchone()[0]
+    )
+    edit = "UPDATE tasks_task SET priority = %s WHERE id = %s"
+    app.execute(edit, [chosen[ids[5]], ids[5]])
+    reports, outcome = [], {}
+    backfill = in_thread(
+        lambda: backfill_priority(
+            using="default",
+            # A lock wait far longer than deadlock_timeout: the deadlock check comes first.
+            policy=BatchPolicy(batch_size=10, lock_timeout_ms=60_000, backoff_seconds=0.1),
+            on_batch=reports.append,
+        )[1],
+        outcome,
+    )
     try:
         # when: the first batch has updated rows 1-5 and waits for row 6; then the application
-        # transaction edits row 1 as well: each waits for the other, a deadlock. PostgreSQL
-        # cancels one of them when its deadlock_timeout (1 s) runs out, waiting first: the batch.
-        wait_for_a_session_waiting_on_a_lock(other_than=app.info.backend_pid)
-        time.sleep(0.3)
-        app.execute(edit, [ids[0]])
+        # edits row 1 too, and each waits for the other. PostgreSQL checks for a deadlock once
+        # per wait, deadlock_timeout after it began, in the waiting session, and cancels that
+        # session if it finds one. The application starts waiting well after the batch (so the
+        # batch checks first) and well before the batch's check (so that check sees the cycle).
+        wait_until_blocked_by(app.info.backend_pid)
+        time.sleep(deadlock_timeout * 0.3)
+        app.execute(edit, [chosen[ids[0]], ids[0]])
         app.commit()
     finally:
-        backfill.join(timeout=60)
         app.close()
+    result = finished(backfill, outcome)
 
-    # then: the batch was rolled back and retried; the application's edits stand
-    assert outcome["result"].finished
+    # then: the batch was rolled back and retried; the application's values stand
+    assert result.finished
     assert reports[0].attempts == 2
-    assert set(
-        Task.objects.filter(description="edited by the app").values_list("pk", flat=True)
-    ) == {ids[0], ids[5]}
+    kept = dict(Task.objects.filter(pk__in=[ids[0], ids[5]]).values_list("pk", "priority"))
+    assert kept == {ids[0]: chosen[ids[0]], ids[5]: chosen[ids[5]]}
     assert not Task.objects.filter(priority__isnull=True).exists()
 
 
@@ -344,21 +379,16 @@ def test_the_data_migration_commits_batch_by_batch(expand_step, settings):
     seed_legacy(BatchPolicy().batch_size + 10)
     last = Task.objects.order_by("-pk").values_list("pk", flat=True)[0]
     blocker = hold_row_lock(last)
-
-    def migrate() -> None:
-        try:
-            call_command("migrate", "tasks", "0003_priority_backfill", verbosity=0)
-        finally:
-            connections.close_all()
-
-    migration = threading.Thread(target=migrate)
+    outcome = {}
 
     # when: the migration runs, and its second batch waits for the locked row
-    migration.start()
+    migration = in_thread(
+        lambda: call_command("migrate", "tasks", "0003_priority_backfill", verbosity=0), outcome
+    )
     filled_meanwhile = 0
     try:
         with psycopg.connect(conninfo(), autocommit=True) as other:
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 60
             while not filled_meanwhile and migration.is_alive() and time.monotonic() < deadline:
                 filled_meanwhile = other.execute(
                     "SELECT count(*) FROM tasks_task WHERE priority IS NOT NULL"
@@ -368,7 +398,7 @@ def test_the_data_migration_commits_batch_by_batch(expand_step, settings):
     finally:
         blocker.rollback()
         blocker.close()
-        migration.join(timeout=60)
+    finished(migration, outcome)
 
     # then: other sessions saw the first batch committed while the migration was still at work
     # (an atomic migration would show nothing before its end)
