@@ -125,14 +125,16 @@ def main() -> None:
     seconds: dict[str, list[float]] = {}
     serial, parallel = [], []
     try:
+        baselines = {
+            "single-update": ["single-update"],
+            "keyset-loop 1": ["keyset-loop", "1"],
+            "keyset-loop N": ["keyset-loop", str(workers)],
+        }
         for _ in range(args.rounds):
-            for name, *extra in (["single-update"], ["keyset-loop", "1"]):
-                rows, took = variant(big, name, *extra)
+            for name, argv in baselines.items():
+                rows, took = variant(big, *argv)
                 assert rows == args.tasks, (name, rows)
-                seconds.setdefault(" ".join([name, *extra]), []).append(took)
-            rows, took = variant(big, "keyset-loop", str(workers))
-            assert rows == args.tasks, ("keyset-loop", rows)
-            seconds.setdefault("keyset-loop N", []).append(took)
+                seconds.setdefault(name, []).append(took)
             serial.append(command(big, args.batch_size))
             parallel.append(command(big, args.batch_size, workers))
         bulk_rows, bulk_seconds = variant(big, "bulk-update")

@@ -596,9 +596,9 @@ def run_backfill(
     committed after the walk had passed its key (ids are handed out at INSERT, rows become
     visible at COMMIT) sends the walk back to just before it; rows inserted meanwhile extend it.
     After ``MAX_PASSES`` walks in all (the first and the extra rounds) the run stops unfinished
-    and stays open. Without
-    ``settle`` the walk is done at its end, and the caller looks for such rows (the lanes of a
-    parallel run: one look after all of them, rather than one scan per lane).
+    and stays open. Without ``settle`` the walk is done at its end, and the caller looks for
+    such rows (the lanes of a parallel run: one look after all of them, rather than one scan
+    per lane).
 
     Raises :class:`BackfillFailed` when a batch still fails after ``policy.max_retries``
     retries, after recording the error on the checkpoint; :class:`LeaseLost` when another

@@ -2,6 +2,7 @@
 walking its own key range with its own checkpoint, on real PostgreSQL."""
 
 import signal
+import subprocess
 import threading
 import time
 from io import StringIO
@@ -47,6 +48,21 @@ def each_lane_has_done(process, *, rows: int) -> bool:
     """Whether each of the 2 lanes has done ``rows`` rows; fails at once if the command died."""
     assert process.poll() is None, process.stderr.read()
     return BackfillLane.objects.filter(rows_done__gte=rows).count() == 2
+
+
+def two_lanes_under_way(*, sleep: str) -> subprocess.Popen:
+    """A 2-worker command in another process (batches of 100 keys, ``sleep`` seconds apart),
+    returned once each lane has filled a row."""
+    process = manage(
+        "backfill_priority", "--workers=2", "--batch-size=100", "--target-batch-ms=0",
+        f"--sleep={sleep}", "--no-progress",
+    )  # fmt: skip
+    try:
+        wait_until(lambda: each_lane_has_done(process, rows=1), what="both lanes under way")
+    except BaseException:
+        process.kill()
+        raise
+    return process
 
 
 def test_two_workers_fill_every_row_once_in_disjoint_lanes_at_the_same_time(expand_step):
@@ -118,13 +134,8 @@ def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(
 def test_ctrl_c_stops_every_lane_before_its_next_batch(expand_step):
     # given: a 2-worker command that would need ~50 s more
     seed_legacy(20_000)
-    process = manage(
-        "backfill_priority", "--workers=2", "--batch-size=100", "--target-batch-ms=0",
-        "--sleep=0.5", "--no-progress",
-    )  # fmt: skip
+    process = two_lanes_under_way(sleep="0.5")
     try:
-        wait_until(lambda: each_lane_has_done(process, rows=1), what="both lanes under way")
-
         # when
         process.send_signal(signal.SIGINT)
         process.wait(timeout=20)
@@ -244,13 +255,8 @@ def test_a_failing_lane_stops_the_others_and_the_run_resumes_once_the_lock_is_go
 def test_cancelling_a_parallel_run_stops_every_lane_and_is_recorded_once(expand_step):
     # given: a 2-worker run in another process
     seed_legacy(20_000)
-    process = manage(
-        "backfill_priority", "--workers=2", "--batch-size=100", "--target-batch-ms=0",
-        "--sleep=0.05", "--no-progress",
-    )  # fmt: skip
+    process = two_lanes_under_way(sleep="0.05")
     try:
-        wait_until(lambda: each_lane_has_done(process, rows=1), what="both lanes under way")
-
         # when
         backfill(cancel=True)
         out, err = process.communicate(timeout=30)

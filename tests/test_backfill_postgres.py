@@ -206,36 +206,37 @@ def hold_row_lock(pk: int) -> psycopg.Connection:
     return blocker
 
 
+def stopped_at_a_locked_row(locked: int, **options) -> tuple[str, BackfillRun, float]:
+    """Run the command in batches of 10 while another session locks task ``locked``, expecting
+    it to stop with an error; the error, the run record and the seconds it took."""
+    blocker = hold_row_lock(locked)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CommandError) as error:
+            call_command(
+                "backfill_priority", batch_size=10, no_progress=True, stdout=StringIO(), **options
+            )
+        return str(error.value), BackfillRun.objects.get(), time.monotonic() - started
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
 def test_a_lock_timeout_is_retried_then_stops_cleanly_and_resumes(expand_step):
     # given: 30 legacy rows, the 15th locked by another session
     seed_legacy(30)
     ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
-    blocker = hold_row_lock(ids[14])
-    try:
-        # when
-        started = time.monotonic()
-        with pytest.raises(CommandError) as error:
-            call_command(
-                "backfill_priority",
-                batch_size=10,
-                lock_timeout=100,
-                max_retries=2,
-                no_progress=True,
-                stdout=StringIO(),
-            )
-        elapsed = time.monotonic() - started
 
-        # then: retried (waits of 0.5 s and 1 s), stopped, checkpoint intact after batch 1
-        run = BackfillRun.objects.get()
-        assert "lock timeout" in str(error.value)
-        assert "run the command again to resume" in str(error.value)
-        assert elapsed >= 1.5
-        assert (run.status, run.rows_done, run.batches, run.last_key) == ("failed", 10, 1, ids[9])
-        assert "attempt 3 of 3" in run.last_error
-        assert Task.objects.filter(priority__isnull=True).count() == 20
-    finally:
-        blocker.rollback()
-        blocker.close()
+    # when
+    error, run, elapsed = stopped_at_a_locked_row(ids[14], lock_timeout=100, max_retries=2)
+
+    # then: retried (waits of 0.5 s and 1 s), stopped, checkpoint intact after batch 1
+    assert "lock timeout" in error
+    assert "run the command again to resume" in error
+    assert elapsed >= 1.5
+    assert (run.status, run.rows_done, run.batches, run.last_key) == ("failed", 10, 1, ids[9])
+    assert "attempt 3 of 3" in run.last_error
+    assert Task.objects.filter(priority__isnull=True).count() == 20
 
     # when: the lock is gone and the command runs again
     out = StringIO()
@@ -255,29 +256,17 @@ def test_a_statement_timeout_is_retried_then_stops_cleanly(expand_step):
     # the lock timeout: the batch that waits for the row is cancelled by its statement timeout
     seed_legacy(30)
     ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
-    blocker = hold_row_lock(ids[14])
-    try:
-        # when
-        with pytest.raises(CommandError) as error:
-            call_command(
-                "backfill_priority",
-                batch_size=10,
-                lock_timeout=5_000,
-                statement_timeout=200,
-                max_retries=1,
-                no_progress=True,
-                stdout=StringIO(),
-            )
 
-        # then: retried once, stopped, checkpoint intact after batch 1
-        run = BackfillRun.objects.get()
-        assert "canceling statement due to statement timeout" in str(error.value)
-        assert (run.status, run.rows_done, run.batches, run.last_key) == ("failed", 10, 1, ids[9])
-        assert "attempt 2 of 2" in run.last_error
-        assert Task.objects.filter(priority__isnull=True).count() == 20
-    finally:
-        blocker.rollback()
-        blocker.close()
+    # when
+    error, run, _ = stopped_at_a_locked_row(
+        ids[14], lock_timeout=5_000, statement_timeout=200, max_retries=1
+    )
+
+    # then: retried once, stopped, checkpoint intact after batch 1
+    assert "canceling statement due to statement timeout" in error
+    assert (run.status, run.rows_done, run.batches, run.last_key) == ("failed", 10, 1, ids[9])
+    assert "attempt 2 of 2" in run.last_error
+    assert Task.objects.filter(priority__isnull=True).count() == 20
 
 
 def wait_until_blocked_by(pid: int, timeout: float = 30.0) -> None:
