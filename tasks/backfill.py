@@ -92,6 +92,10 @@ class BatchPolicy:
     max_batch_size: int = 50_000
     # Stop after this many seconds (a worker's slice); the run stays open. None: no limit.
     max_seconds: float | None = None
+    # Server processes a scan for pending rows may use (PostgreSQL parallel query): 1 keeps
+    # it on one core, as the batches are; a parallel run grants its scans as many processes
+    # as it has workers.
+    scan_workers: int = 1
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based), doubling each time."""
@@ -518,7 +522,7 @@ def _run_batch(
     return rows, upper, waiters, time.perf_counter() - locked_at
 
 
-def _first_pending(backfill: Backfill, *, using: str) -> Any:
+def _first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:
     """The smallest key of a row that still needs the value (None if there is none).
 
     First it looks among the table's first ``FIRST_PENDING_PROBE`` keys: where a new column is
@@ -527,7 +531,7 @@ def _first_pending(backfill: Backfill, *, using: str) -> Any:
     MIN(key) by walking the key's index in order and checking each row, betting that pending
     rows are spread evenly. After a run they sit at the end of the table, so that walk reads
     every row through the index — 790 ms at 1,000,000 rows against 112 ms for a sequential scan
-    (EXPLAIN ANALYZE, docs/design.md).
+    (EXPLAIN ANALYZE, docs/design.md). The scan uses up to ``workers`` server processes.
     """
     # Exact when found: any pending key beyond the head is larger than every key in it. The
     # same filter as the scan's, so both agree on what is pending.
@@ -547,12 +551,13 @@ def _first_pending(backfill: Backfill, *, using: str) -> Any:
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                # Nor parallel workers: background work should not take every core for its
-                # scan away from the application's queries.
+                # Parallel workers only as granted: background work should not take every
+                # core for its scan away from the application's queries.
                 cursor.execute(
                     "SELECT set_config('enable_indexscan', 'off', true), "
                     "set_config('enable_indexonlyscan', 'off', true), "
-                    "set_config('max_parallel_workers_per_gather', '0', true)"
+                    "set_config('max_parallel_workers_per_gather', %s, true)",
+                    [str(workers - 1)],
                 )
         return backfill.queryset(using).aggregate(first=Min(backfill.key))["first"]
 
@@ -613,7 +618,7 @@ def run_backfill(
         # rows left are those inserted since, at the end of the key range: walking up to them
         # would read every key again: the data migration after a finished run took 11.8 s at
         # 1,000,000 rows under traffic (manage.py rehearse), for a few hundred rows.
-        first_pending = _first_pending(backfill, using=using)
+        first_pending = _first_pending(backfill, using=using, workers=policy.scan_workers)
         if first_pending is None and checkpoint.control() == "run":
             checkpoint.record_success()
             result.finished, result.stopped = True, "finished"
@@ -676,7 +681,11 @@ def run_backfill(
                 batch_size = sizer.shrink()
                 wait(policy.backoff(attempt))
         if outcome is None:
-            first_pending = _first_pending(backfill, using=using) if settle else None
+            first_pending = (
+                _first_pending(backfill, using=using, workers=policy.scan_workers)
+                if settle
+                else None
+            )
             if first_pending is None:
                 checkpoint.record_success()
                 result.finished = True
@@ -746,7 +755,7 @@ def plan_lanes(backfill: Backfill, lanes: int, *, using: str) -> list[tuple[Any,
             f"parallel lanes need an integer key; {backfill.model.__name__}.{key_field.name} "
             f"is a {key_field.get_internal_type()}"
         )
-    first = _first_pending(backfill, using=using)
+    first = _first_pending(backfill, using=using, workers=lanes)
     if first is None:
         return []
     last = (

@@ -167,6 +167,7 @@ def test_a_stopped_run_resumes_with_its_own_reference_date(expand_step):
     # then: same run, and the remaining rows were computed against its date
     run.refresh_from_db()
     assert "is not finished (stopped by --max-batches" in first
+    assert "NULL rows left: 6." in first  # counted: only a finished run knows it is 0
     assert f"Resuming run #{run.pk} (reference date {earlier})" in second
     assert (run.status, run.rows_done, run.batches) == ("succeeded", 10, 3)
     rule = PriorityRule(earlier)

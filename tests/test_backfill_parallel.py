@@ -1,6 +1,7 @@
 """Parallel lanes (backfill_priority --workers N): several connections fill one run, each
 walking its own key range with its own checkpoint, on real PostgreSQL."""
 
+import re
 import signal
 import subprocess
 import threading
@@ -9,6 +10,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -219,6 +221,44 @@ def test_rows_committed_behind_the_lanes_and_after_the_last_key_are_filled(expan
     assert Task.objects.get(pk=first.pk).priority is not None
     assert Task.objects.get(pk=late[0]).priority == "low"
     assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+@pytest.mark.parametrize(("workers", "processes"), [(1, 1), (2, 2)])
+def test_the_scan_for_rows_left_behind_takes_as_many_server_processes_as_workers(
+    expand_step, workers, processes
+):
+    # given: the plan of every statement of this connection sent back to it (auto_explain),
+    # and costs that make a parallel scan worth its while on a table this small
+    seed_legacy(2_000)
+    plans: list[str] = []
+    connection.ensure_connection()
+    connection.connection.add_notice_handler(lambda notice: plans.append(notice.message_primary))
+    with connection.cursor() as cursor:
+        cursor.execute("LOAD 'auto_explain'")
+        for setting in (
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_level = notice",
+            "min_parallel_table_scan_size = 0",
+            "parallel_setup_cost = 0",
+            "parallel_tuple_cost = 0",
+        ):
+            cursor.execute(f"SET {setting}")
+    try:
+        # when
+        run, result = backfill_priority(
+            using="default", policy=BatchPolicy(batch_size=500), workers=workers
+        )
+    finally:
+        connection.close()  # the next test gets a session without these settings
+
+    # then: the last scan of the whole table (not the probe of its first keys) found nothing,
+    # in one process with 1 worker (background work leaves the other cores to the
+    # application), in as many as the run was granted with more
+    assert result.finished and run.status == "succeeded"
+    scans = [plan for plan in plans if "MIN(" in plan and " IN (" not in plan]
+    assert scans
+    planned = re.search(r"Workers Planned: (\d+)", scans[-1])
+    assert (1 + int(planned.group(1)) if planned else 1) == processes, scans[-1]
 
 
 def test_a_failing_lane_stops_the_others_and_the_run_resumes_once_the_lock_is_gone(expand_step):
