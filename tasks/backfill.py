@@ -557,7 +557,7 @@ def _first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:
                     "SELECT set_config('enable_indexscan', 'off', true), "
                     "set_config('enable_indexonlyscan', 'off', true), "
                     "set_config('max_parallel_workers_per_gather', %s, true)",
-                    [str(workers - 1)],
+                    [str(max(workers - 1, 0))],
                 )
         return backfill.queryset(using).aggregate(first=Min(backfill.key))["first"]
 

@@ -10,7 +10,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -233,17 +233,21 @@ def test_the_scan_for_rows_left_behind_takes_as_many_server_processes_as_workers
     plans: list[str] = []
     connection.ensure_connection()
     connection.connection.add_notice_handler(lambda notice: plans.append(notice.message_primary))
-    with connection.cursor() as cursor:
-        cursor.execute("LOAD 'auto_explain'")
-        for setting in (
-            "auto_explain.log_min_duration = 0",
-            "auto_explain.log_level = notice",
-            "min_parallel_table_scan_size = 0",
-            "parallel_setup_cost = 0",
-            "parallel_tuple_cost = 0",
-        ):
-            cursor.execute(f"SET {setting}")
     try:
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute("LOAD 'auto_explain'")
+            except DatabaseError as error:  # a superuser's (the README's database role is one)
+                pytest.skip(f"auto_explain cannot be loaded by this role: {error}")
+            for setting in (
+                "auto_explain.log_min_duration = 0",
+                "auto_explain.log_level = notice",
+                "min_parallel_table_scan_size = 0",
+                "parallel_setup_cost = 0",
+                "parallel_tuple_cost = 0",
+            ):
+                cursor.execute(f"SET {setting}")
+
         # when
         run, result = backfill_priority(
             using="default", policy=BatchPolicy(batch_size=500), workers=workers
