@@ -27,7 +27,7 @@ from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
 from tasks.priority_backfill import backfill_priority
 from tests.conftest import IS_POSTGRES
-from tests.helpers import create_legacy_tasks
+from tests.helpers import Terminal, create_legacy_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = timezone.localdate()
@@ -490,11 +490,6 @@ def test_the_command_pauses_for_sleep_between_batches(expand_step):
 
     assert time.monotonic() - started >= 0.6  # three batches, a pause after each
     assert nulls() == 0
-
-
-class Terminal(StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def test_progress_bar_shows_rows_rate_and_eta_on_a_terminal_and_the_summary_the_rate(

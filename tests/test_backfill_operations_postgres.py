@@ -26,6 +26,7 @@ from tasks.backfill_control import claim
 from tasks.backfill_health import DatabaseHealth
 from tasks.models import BackfillRun, Task
 from tasks.priority_backfill import PENDING, backfill_priority, priority_backfill
+from tests.helpers import wait_until
 from tests.test_backfill_postgres import (
     assert_rule_applied_to,
     conninfo,
@@ -37,13 +38,6 @@ from tests.test_backfill_postgres import (
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = datetime.date(2026, 11, 26)
 pytestmark = pytest.mark.postgres
-
-
-def wait_until(predicate, *, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def run_row() -> BackfillRun | None:

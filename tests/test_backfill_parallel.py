@@ -18,7 +18,8 @@ from tasks.backfill import Backfill, BatchPolicy, plan_lanes
 from tasks.backfill_control import cancel_run
 from tasks.models import BackfillLane, BackfillRun, Category, Task
 from tasks.priority_backfill import backfill_priority, priority_backfill
-from tests.test_backfill_operations_postgres import manage, wait_until
+from tests.helpers import wait_until
+from tests.test_backfill_operations_postgres import manage
 from tests.test_backfill_postgres import assert_rule_applied_to, hold_row_lock, seed_legacy
 
 pytestmark = pytest.mark.postgres

@@ -21,6 +21,7 @@ from tasks.models import BackfillRun, Task
 from tasks.priority import PriorityRule
 from tasks.priority_backfill import backfill_priority
 from tasks.services import task_create
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.postgres
@@ -269,20 +270,18 @@ def test_a_statement_timeout_is_retried_then_stops_cleanly(expand_step):
     assert Task.objects.filter(priority__isnull=True).count() == 20
 
 
-def wait_until_blocked_by(pid: int, timeout: float = 30.0) -> None:
+def wait_until_blocked_by(pid: int) -> None:
     """Return once a session of the test database waits for a lock that session ``pid`` holds."""
-    deadline = time.monotonic() + timeout
     with psycopg.connect(conninfo(), autocommit=True) as watcher:
-        while time.monotonic() < deadline:
-            blocked = watcher.execute(
+        wait_until(
+            lambda: watcher.execute(
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND %s = ANY(pg_blocking_pids(pid))",
                 [pid],
-            ).fetchone()[0]
-            if blocked:
-                return
-            time.sleep(0.01)
-    raise AssertionError(f"no session waited for a lock held by session {pid}")
+            ).fetchone()[0],
+            timeout=30,
+            what=f"a session waiting for a lock held by session {pid}",
+        )
 
 
 def in_thread(target, outcome: dict) -> threading.Thread:
@@ -374,15 +373,18 @@ def test_the_data_migration_commits_batch_by_batch(expand_step, settings):
     migration = in_thread(
         lambda: call_command("migrate", "tasks", "0003_priority_backfill", verbosity=0), outcome
     )
-    filled_meanwhile = 0
     try:
         with psycopg.connect(conninfo(), autocommit=True) as other:
-            deadline = time.monotonic() + 60
-            while not filled_meanwhile and migration.is_alive() and time.monotonic() < deadline:
-                filled_meanwhile = other.execute(
+
+            def filled() -> int:
+                return other.execute(
                     "SELECT count(*) FROM tasks_task WHERE priority IS NOT NULL"
                 ).fetchone()[0]
-                time.sleep(0.05)
+
+            wait_until(
+                lambda: filled() or not migration.is_alive(), what="a batch of the migration"
+            )
+            filled_meanwhile = filled()
         still_running = migration.is_alive()
     finally:
         blocker.rollback()

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from tasks.models import Category, Task
 from tasks.seeding import PROTOTYPE_POOL_SIZE
+from tests.helpers import Terminal
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,10 +170,6 @@ def test_no_progress_bar_when_output_is_not_a_terminal():
 
 
 def test_progress_bar_shows_rate_and_eta_on_a_terminal():
-    class Terminal(StringIO):
-        def isatty(self) -> bool:
-            return True
-
     err = Terminal()
 
     call_command("seed", tasks=20, users=1, seed=1, stdout=StringIO(), stderr=err)
