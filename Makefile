@@ -25,25 +25,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The demo walks the priority rollout on SQLite, from an empty db.sqlite3 each time:
-# expand, legacy data without priority, the batched backfill, then the data and contract steps.
+# The demo plays both rollouts on SQLite, from an empty db.sqlite3 each time: today's app with
+# its reference data, rewound to before either column existed, then each rollout in turn.
 demo: $(STAMP)
 	rm -f db.sqlite3 db.sqlite3-wal db.sqlite3-shm
-	@echo "== 1. Expand: every app migrated, tasks up to the nullable priority column"
-	$(DEMO) migrate contenttypes --verbosity 0
-	$(DEMO) migrate auth --verbosity 0
-	$(DEMO) migrate admin --verbosity 0
-	$(DEMO) migrate sessions --verbosity 0
+	@echo "== 1. Today's app: every migration, the reference data and the demo users"
+	$(DEMO) migrate --verbosity 0
+	$(DEMO) loaddata workspaces categories roles operators demo
+	@echo "== 2. Back to where the brief starts (tasks before priority); legacy tasks as the old code wrote them"
+	$(DEMO) migrate tasks 0001_initial --verbosity 0
+	$(DEMO) seed --tasks $(DEMO_TASKS) --seed 1 --without-priority --without-workspace
+	@echo "== 3. The priority rollout: expand, backfill in batches (resumable; try Ctrl-C and run it again), data migration, contract, index"
 	$(DEMO) migrate tasks 0002_priority_expand
-	@echo "== 2. Reference data and legacy tasks, written as the old code did (priority NULL)"
-	$(DEMO) loaddata categories roles operators demo
-	$(DEMO) seed --tasks $(DEMO_TASKS) --seed 1 --without-priority
-	@echo "== 3. Backfill in batches (resumable; try Ctrl-C and run it again)"
 	$(DEMO) backfill_priority --dry-run
 	$(DEMO) backfill_priority
-	$(DEMO) backfill_priority --status
-	@echo "== 4. Data migration (a no-op now) and contract: NOT NULL with a database default"
+	$(DEMO) migrate tasks 0005_priority_index
+	@echo "== 4. The workspace rollout: workspaces, expand (key NOT VALID, index concurrently), backfill, contract"
+	$(DEMO) migrate tasks 0007_workspace_expand
+	$(DEMO) loaddata workspaces categories
+	$(DEMO) backfill tasks.task.workspace --dry-run
+	$(DEMO) backfill tasks.task.workspace
 	$(DEMO) migrate
+	$(DEMO) backfill --list
+	$(DEMO) backfill --status
 	$(DEMO) task_stats
 	@echo
 	@echo "Open the admin:  $(PY) manage.py runserver  then http://127.0.0.1:8000/admin/"

@@ -27,6 +27,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backfills.engine import BatchPolicy  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     database_url,
     manage,
@@ -37,7 +38,6 @@ from benchmarks.common import (  # noqa: E402
     write_section,
 )
 from taskproj import settings  # noqa: E402  (the defaults the command runs with)
-from tasks.backfill import BatchPolicy  # noqa: E402
 
 
 def prepare_template(name: str, tasks: int) -> None:

@@ -72,9 +72,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     # Django's task framework (the django-tasks backport on Django 5.2; django.tasks from
-    # Django 6 on) with the database backend: backfill_priority --background, db_worker.
+    # Django 6 on) with the database backend: backfill NAME --background, db_worker.
     "django_tasks",
     "django_tasks_db",
+    # Schema changes without long locks: migrate, safe operations, lint, rehearse.
+    "migration_safety",
+    # Batched, resumable backfills of any registered column (never imports tasks).
+    "backfills",
     "tasks",
 ]
 
@@ -164,7 +168,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
 }
 
-# Bounded lock waits for `manage.py migrate` on PostgreSQL (tasks/management/commands/migrate.py).
+# Bounded lock waits for `manage.py migrate` on PostgreSQL (migration_safety/management/commands/).
 # A DDL statement waiting for its lock makes every later query on the table queue behind it:
 # give up after MIGRATION_LOCK_TIMEOUT_MS, wait, retry MIGRATION_LOCK_RETRIES times.
 MIGRATION_LOCK_TIMEOUT_MS = env_int("MIGRATION_LOCK_TIMEOUT_MS", 2_000)
@@ -184,7 +188,7 @@ TASKS = {
     }
 }
 
-# Operating backfills (tasks/backfill_control.py, tasks/backfill_health.py).
+# Operating backfills (backfills/leases.py, backfills/health.py).
 # A process working on a run renews its lease with every batch; another process may take the
 # run over once the lease has expired. A run whose lease expired is shown as stalled.
 BACKFILL_LEASE_SECONDS = env_float("BACKFILL_LEASE_SECONDS", 30.0)
@@ -197,7 +201,7 @@ BACKFILL_WORKER_SLEEP_SECONDS = env_float("BACKFILL_WORKER_SLEEP_SECONDS", 0.0)
 # 60 ms keeps the p99 under 100 ms (docs/benchmarks.md).
 BACKFILL_TARGET_BATCH_MS = env_float("BACKFILL_TARGET_BATCH_MS", 60.0)
 # Connections that fill a run in parallel, each walking its own lane of keys (PostgreSQL only):
-# the default of backfill_priority --workers and of the admin's Start. One is the gentlest;
+# the default of backfill --workers and of the admin's Start. One is the gentlest;
 # two fill 1.45-1.73x faster on 2 cores, with twice the load (docs/benchmarks.md).
 BACKFILL_WORKERS = env_int("BACKFILL_WORKERS", 1)
 # Health throttling: back off this long when a signal trips.

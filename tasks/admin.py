@@ -1,67 +1,87 @@
-"""The Django admin, the project's user interface; staff only, permissions from the role groups."""
+"""The Django admin, the project's user interface; staff only, permissions from the role groups.
+(Backfill runs have their own admin, in the backfills app.)"""
 
-from django.conf import settings
-from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.db import router
-from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
-from django.shortcuts import redirect
-from django.urls import path
-from django.utils.html import format_html
+from django.contrib import admin
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
 
-from tasks.backfill import OPEN_STATUSES
-from tasks.backfill_control import (
-    CONTROL_STATUSES,
-    CONTROLS,
-    RunStateError,
-    cancel_run,
-    format_seconds,
-    pause_run,
-    resume_run,
-    retry_run,
-)
-from tasks.models import BackfillLane, BackfillRun, BackfillRunEvent, Category, Task
+from tasks.models import Category, Task, Workspace
 from tasks.pagination import EstimatedCountPaginator
 from tasks.priority import Priority, priority_rank
-from tasks.priority_backfill import start_priority_backfill
 
 
-@admin.register(Category)
-class CategoryAdmin(admin.ModelAdmin):
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
     list_display = ["name", "slug"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
 
 
+@admin.register(Category)
+class CategoryAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "workspace"]
+    list_filter = ["workspace"]
+    list_select_related = ["workspace"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
 class PriorityFilter(admin.SimpleListFilter):
-    """Filter by priority, most pressing first, with the rows not backfilled yet."""
+    """Filter by priority, most pressing first (not alphabetically)."""
 
     title = "priority"
     parameter_name = "priority"
-    NOT_SET = "none"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
-        return [*reversed(Priority.choices), (self.NOT_SET, "Not set yet")]
+        return list(reversed(Priority.choices))
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
-        if value == self.NOT_SET:
-            return queryset.filter(priority__isnull=True)
         if value in Priority.values:
             return queryset.filter(priority=value)
         return queryset
 
 
+class WorkspaceFilter(admin.SimpleListFilter):
+    """Filter by workspace, with the rows the workspace backfill has not reached yet."""
+
+    title = "workspace"
+    parameter_name = "workspace"
+    NOT_SET = "none"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        workspaces = Workspace.objects.values_list("pk", "name")
+        return [*((str(pk), name) for pk, name in workspaces), (self.NOT_SET, "Not set yet")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value == self.NOT_SET:
+            return queryset.filter(workspace__isnull=True)
+        if value and value.isdigit():
+            return queryset.filter(workspace_id=int(value))
+        return queryset
+
+
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ["title", "status", "priority_level", "due_date", "category", "assignee"]
-    list_filter = ["status", PriorityFilter, "category", "due_date"]
+    list_display = [
+        "title",
+        "status",
+        "priority_level",
+        "due_date",
+        "category",
+        "workspace_name",
+        "assignee",
+    ]
+    list_filter = ["status", PriorityFilter, WorkspaceFilter, "category", "due_date"]
     search_fields = ["title"]
     date_hierarchy = "due_date"
     autocomplete_fields = ["category", "assignee"]
+    # Not the workspace: its foreign key is NOT NULL in the model, so Django would join it with
+    # an INNER JOIN and hide the rows its backfill has not reached yet (get_queryset).
     list_select_related = ["category", "assignee"]
-    readonly_fields = ["created_at", "updated_at"]
+    # The workspace is the category's: derived on save, never chosen by hand.
+    readonly_fields = ["workspace", "created_at", "updated_at"]
     # No COUNT(*) of the whole table per page view: an estimate draws the page links and the
     # "n of N selected" total is not shown.
     paginator = EstimatedCountPaginator
@@ -69,286 +89,15 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="priority", ordering=priority_rank())
     def priority_level(self, task: Task) -> str:
-        """The priority's label; rows the backfill has not reached yet say so."""
-        return task.get_priority_display() if task.priority else "not set yet"
+        """The priority's label (sorted by rank, not alphabetically)."""
+        return task.get_priority_display()
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        """Each task with its workspace's name, read by a subquery (see list_select_related)."""
+        names = Workspace.objects.filter(pk=OuterRef("workspace_id")).values("name")[:1]
+        return super().get_queryset(request).annotate(workspace_label=Subquery(names))
 
-class RunPartInline(admin.TabularInline):
-    """Rows that belong to a run and are written only by the backfill: shown, never edited."""
-
-    extra = 0
-    can_delete = False
-    max_num = 0
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
-        # A run's history and lanes are part of the run: whoever may see the run sees them.
-        return request.user.has_perm("tasks.view_backfillrun")
-
-
-class BackfillLaneInline(RunPartInline):
-    """The key ranges of a parallel run, each with its own checkpoint."""
-
-    model = BackfillLane
-    fields = ["number", "after_key", "upto_key", "last_key", "rows_done", "batches", "finished"]
-    readonly_fields = fields
-    ordering = ["number"]
-
-
-class BackfillRunEventInline(RunPartInline):
-    """The run's history, newest first."""
-
-    model = BackfillRunEvent
-    fields = ["at", "kind", "actor", "origin", "message"]
-    readonly_fields = fields
-    ordering = ["-at", "-id"]
-
-
-def _control_action(name: str, act, description: str):
-    """An admin action applying ``act`` to each selected run, reporting each outcome."""
-
-    @admin.action(description=description, permissions=["control"])
-    def action(modeladmin: "BackfillRunAdmin", request: HttpRequest, queryset: QuerySet) -> None:
-        for run in queryset:
-            modeladmin.apply(request, run, act)
-
-    action.__name__ = f"{name}_runs"
-    return action
-
-
-@admin.register(BackfillRun)
-class BackfillRunAdmin(admin.ModelAdmin):
-    """Backfill runs: history, live progress, and pause/resume/cancel/retry.
-
-    Runs are written by the backfill itself; the admin shows them and steers them through
-    tasks.backfill_control (the same functions as ``backfill_priority --pause`` etc.). The
-    pages reload themselves every few seconds while a run is open: no JavaScript needed.
-    """
-
-    list_display = [
-        "__str__",
-        "status_column",
-        "progress_column",
-        "rows_column",
-        "rate_column",
-        "eta_column",
-        "batch_size",
-        "heartbeat_column",
-        "origin",
-        "started_by",
-        "started_at",
-    ]
-    list_display_links = ["__str__"]
-    list_filter = ["status", "origin", "name"]
-    inlines = [BackfillLaneInline, BackfillRunEventInline]
-    change_list_template = "admin/tasks/backfillrun/change_list.html"
-    change_form_template = "admin/tasks/backfillrun/change_form.html"
-    fieldsets = [
-        (
-            "Progress",
-            {
-                "fields": [
-                    "status_column",
-                    "progress_column",
-                    "rows_column",
-                    "rate_column",
-                    "eta_column",
-                    "batch_size",
-                    "throttle_reason",
-                    "throttled_at",
-                ]
-            },
-        ),
-        (
-            "Run",
-            {
-                "fields": [
-                    "name",
-                    "reference_date",
-                    "started_at",
-                    "finished_at",
-                    "last_key",
-                    "batches",
-                    "origin",
-                    "started_by",
-                    "background",
-                ]
-            },
-        ),
-        (
-            "Worker",
-            {
-                "fields": [
-                    "workers",
-                    "lease_owner",
-                    "lease_expires_at",
-                    "heartbeat_column",
-                    "generation",
-                ]
-            },
-        ),
-        ("Last error", {"fields": ["last_error", "last_error_at"]}),
-    ]
-    readonly_fields = [
-        *(field.name for field in BackfillRun._meta.fields),
-        "status_column",
-        "progress_column",
-        "rows_column",
-        "rate_column",
-        "eta_column",
-        "heartbeat_column",
-    ]
-    actions = [
-        _control_action("pause", pause_run, "Pause selected runs"),
-        _control_action("resume", resume_run, "Resume selected runs"),
-        _control_action("cancel", cancel_run, "Cancel selected runs"),
-        _control_action("retry", retry_run, "Retry selected failed runs"),
-    ]
-    REFRESH_SECONDS = 3
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_control_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("tasks.control_backfillrun")
-
-    @admin.display(description="status", ordering="status")
-    def status_column(self, run: BackfillRun) -> str:
-        return run.status_label
-
-    @admin.display(description="progress")
-    def progress_column(self, run: BackfillRun) -> str:
-        if run.progress is None:
-            return "-"
-        percent = run.progress * 100
-        return format_html(
-            '<progress class="backfill-progress" max="100" value="{}"></progress> {}%',
-            f"{percent:.1f}",
-            f"{percent:.0f}",
-        )
-
-    @admin.display(description="rows done / estimated")
-    def rows_column(self, run: BackfillRun) -> str:
-        estimated = "?" if run.rows_estimated is None else f"{run.rows_estimated:,}"
-        return f"{run.rows_done:,} / {estimated}"
-
-    @admin.display(description="rows/s")
-    def rate_column(self, run: BackfillRun) -> str:
-        return "-" if not run.rows_per_second else f"{run.rows_per_second:,.0f}"
-
-    @admin.display(description="ETA")
-    def eta_column(self, run: BackfillRun) -> str:
-        return format_seconds(run.eta_seconds)
-
-    @admin.display(description="heartbeat")
-    def heartbeat_column(self, run: BackfillRun) -> str:
-        age = run.heartbeat_age
-        return "-" if age is None else f"{format_seconds(age)} ago"
-
-    def get_urls(self):
-        urls = super().get_urls()
-        view = self.admin_site.admin_view
-        return [
-            path("start/", view(self.start_view), name="tasks_backfillrun_start"),
-            path(
-                "<path:object_id>/control/<str:action>/",
-                view(self.control_view),
-                name="tasks_backfillrun_control",
-            ),
-            *urls,
-        ]
-
-    def apply(self, request: HttpRequest, run: BackfillRun, act) -> None:
-        """Apply one control function to ``run`` and say what came of it."""
-        try:
-            run = act(run, using=self._db(), actor=request.user.get_username(), origin="admin")
-        except RunStateError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return
-        self.message_user(request, f"Run #{run.pk} is now {run.status_label}.", messages.SUCCESS)
-
-    def control_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
-        """POST from the run page's buttons: pause, resume, cancel or retry this run."""
-        if request.method != "POST" or action not in CONTROLS:
-            return HttpResponseNotAllowed(["POST"])
-        if not self.has_control_permission(request):
-            raise PermissionDenied
-        run = self.get_object(request, object_id)
-        if run is None:
-            raise Http404
-        self.apply(request, run, CONTROLS[action])
-        return redirect("admin:tasks_backfillrun_change", run.pk)
-
-    def start_view(self, request: HttpRequest) -> HttpResponse:
-        """POST from the run list: start the priority backfill on task workers."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        if not self.has_control_permission(request):
-            raise PermissionDenied
-        try:
-            run, resumed = start_priority_backfill(
-                using=self._db(),
-                origin="admin",
-                started_by=request.user.get_username(),
-                workers=settings.BACKFILL_WORKERS,
-            )
-        except (RunStateError, ValueError) as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-            return redirect("admin:tasks_backfillrun_changelist")
-        how = "carries on" if resumed else "started"
-        self.message_user(
-            request,
-            f"Run #{run.pk} {how} on task workers (manage.py db_worker --queue-name backfill).",
-            messages.SUCCESS,
-        )
-        return redirect("admin:tasks_backfillrun_change", run.pk)
-
-    def get_inline_instances(self, request: HttpRequest, obj=None) -> list:
-        """The lanes only for a parallel run: a run on one connection has none."""
-        inlines = super().get_inline_instances(request, obj)
-        if obj is None or not obj.lanes.exists():
-            inlines = [inline for inline in inlines if not isinstance(inline, BackfillLaneInline)]
-        return inlines
-
-    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
-        runs = BackfillRun.objects.using(self._db())
-        extra_context = {
-            **(extra_context or {}),
-            "can_control": self.has_control_permission(request),
-            "refresh_seconds": (
-                self.REFRESH_SECONDS if runs.filter(status__in=OPEN_STATUSES).exists() else None
-            ),
-        }
-        return super().changelist_view(request, extra_context)
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None
-    ) -> HttpResponse:
-        run = self.get_object(request, object_id)
-        controls = []
-        if run is not None and self.has_control_permission(request):
-            controls = [
-                (action, action.capitalize())
-                for action, allowed in CONTROL_STATUSES.items()
-                if run.status in allowed
-            ]
-        extra_context = {
-            **(extra_context or {}),
-            "controls": controls,
-            "refresh_seconds": self.REFRESH_SECONDS if run is not None and run.is_open else None,
-        }
-        return super().change_view(request, object_id, form_url, extra_context)
-
-    def _db(self) -> str:
-        return router.db_for_write(BackfillRun)
+    @admin.display(description="workspace", ordering="workspace_label")
+    def workspace_name(self, task: Task) -> str:
+        """The workspace's name; rows the backfill has not reached yet say so."""
+        return task.workspace_label or "not set yet"

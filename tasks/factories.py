@@ -1,4 +1,5 @@
-"""factory_boy factories: the one definition of realistic tasks, users and categories.
+"""factory_boy factories: the one definition of realistic tasks, users, categories and
+workspaces.
 
 Deterministic under a seed: call ``factory.random.reseed_random(seed)`` first (the seeder
 does). Random values come from factory_boy's seeded generator, never from ``random`` directly.
@@ -14,7 +15,7 @@ from django.utils.text import slugify
 from factory.django import DjangoModelFactory
 from factory.random import randgen
 
-from tasks.models import Category, Task
+from tasks.models import Category, Task, Workspace
 
 # Weights of each status among generated tasks: most work is open, a good share is done.
 STATUS_WEIGHTS = {
@@ -45,8 +46,19 @@ def random_due_date(today: datetime.date | None = None) -> datetime.date | None:
     return today + datetime.timedelta(days=randgen.randint(*DUE_DAYS_RANGE))
 
 
+class WorkspaceFactory(DjangoModelFactory):
+    """A workspace; reuses the row when the slug exists."""
+
+    class Meta:
+        model = Workspace
+        django_get_or_create = ("slug",)
+
+    name = factory.Sequence(lambda n: f"Workspace {n}")
+    slug = factory.LazyAttribute(lambda o: slugify(o.name))
+
+
 class CategoryFactory(DjangoModelFactory):
-    """A category; reuses the row when the slug exists."""
+    """A category in a workspace of its own; reuses the row when the slug exists."""
 
     class Meta:
         model = Category
@@ -55,6 +67,7 @@ class CategoryFactory(DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Category {n}")
     slug = factory.LazyAttribute(lambda o: slugify(o.name))
     description = factory.Faker("sentence", nb_words=10)
+    workspace = factory.SubFactory(WorkspaceFactory)
 
 
 class UserFactory(DjangoModelFactory):
@@ -77,7 +90,8 @@ class UserFactory(DjangoModelFactory):
 
 
 class TaskFactory(DjangoModelFactory):
-    """A task with a realistic title, a spread of statuses and due dates, in a category."""
+    """A task with a realistic title, a spread of statuses and due dates, in a category (its
+    workspace is the category's, set when it is saved)."""
 
     class Meta:
         model = Task

@@ -1,37 +1,87 @@
-"""The tasks app's data: categories and tasks (roles are auth groups, see fixtures/roles.json)."""
+"""The tasks app's data: workspaces, categories and tasks (roles are auth groups, see
+fixtures/roles.json)."""
 
 import datetime
 
 from django.conf import settings
-from django.db import models
+from django.db import models, router
 from django.db.models import F, Max, Min
 from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 
-from tasks.backfill import OPEN_STATUSES
 from tasks.priority import Priority, PriorityRule, priority_rank
+from tasks.workspace import DEFAULT_WORKSPACE_SLUG, WorkspaceRule
 
 
-class CategoryManager(models.Manager["Category"]):
-    """Looks categories up by slug, their natural key, for fixtures."""
+class SlugKeyManager(models.Manager):
+    """Looks rows up by slug, their natural key, for fixtures; names the fixture that has them."""
 
-    def get_by_natural_key(self, slug: str) -> "Category":
-        """Return the category with this slug, or say which fixture to load first."""
+    fixture = ""
+
+    def get_by_natural_key(self, slug: str) -> models.Model:
+        """Return the row with this slug, or say which fixture to load first."""
         try:
             return self.get(slug=slug)
         except self.model.DoesNotExist as exc:
             raise self.model.DoesNotExist(
-                f"No category with slug {slug!r}; load the categories fixture first "
-                f"(manage.py loaddata categories) or fix the reference."
+                f"No {self.model._meta.verbose_name} with slug {slug!r}; load the {self.fixture} "
+                f"fixture first (manage.py loaddata {self.fixture}) or fix the reference."
             ) from exc
 
 
+class WorkspaceManager(SlugKeyManager):
+    """Workspaces by slug; and the default one."""
+
+    fixture = "workspaces"
+
+    def default_id(self) -> int:
+        """The id of the default workspace (slug "default"), which migration 0006 creates."""
+        found = self.filter(slug=DEFAULT_WORKSPACE_SLUG).values_list("pk", flat=True).first()
+        if found is None:
+            raise self.model.DoesNotExist(
+                f"No workspace with slug {DEFAULT_WORKSPACE_SLUG!r}: load it with "
+                "manage.py loaddata workspaces."
+            )
+        return found
+
+
+class Workspace(models.Model):
+    """Where tasks belong: every category is in one, and its tasks with it."""
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100, unique=True)
+
+    objects = WorkspaceManager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def natural_key(self) -> tuple[str]:
+        return (self.slug,)
+
+
+class CategoryManager(SlugKeyManager):
+    """Categories by slug."""
+
+    fixture = "categories"
+
+
 class Category(models.Model):
-    """A grouping of tasks, referred to by its slug in fixtures."""
+    """A grouping of tasks, referred to by its slug in fixtures, in one workspace."""
 
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True)
+    workspace = models.ForeignKey(
+        Workspace,
+        on_delete=models.PROTECT,
+        blank=True,
+        related_name="categories",
+        help_text="Its tasks belong to this workspace. Leave empty for the default one.",
+    )
 
     objects = CategoryManager()
 
@@ -42,16 +92,53 @@ class Category(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs) -> None:
+        """Save, in the default workspace unless one is given."""
+        if self.workspace_id is None:
+            using = kwargs.get("using") or router.db_for_write(Category, instance=self)
+            self.workspace_id = Workspace.objects.db_manager(using).default_id()
+        super().save(*args, **kwargs)
+
     def natural_key(self) -> tuple[str]:
         return (self.slug,)
 
 
+def fill_workspaces(tasks: list["Task"], *, using: str) -> set[int]:
+    """Set each task's workspace from its category (the default one without): the dual-write.
+
+    A task without a category keeps a workspace it was given. One query for all the tasks'
+    categories, one for the default workspace if a task needs it. Returns the indexes of the
+    tasks whose workspace changed.
+    """
+    category_ids = {task.category_id for task in tasks if task.category_id is not None}
+    workspace_of = dict(
+        Category.objects.using(using).filter(pk__in=category_ids).values_list("pk", "workspace")
+    )
+    to_fill = [
+        (index, task)
+        for index, task in enumerate(tasks)
+        if task.category_id is not None or task.workspace_id is None
+    ]
+    if any(workspace_of.get(task.category_id) is None for _, task in to_fill):
+        rule = WorkspaceRule(Workspace.objects.db_manager(using).default_id())
+    else:
+        rule = WorkspaceRule(default_workspace=0)  # every task has a category: never used
+    changed = set()
+    for index, task in to_fill:
+        workspace = rule.for_task(category_workspace=workspace_of.get(task.category_id))
+        if workspace != task.workspace_id:
+            task.workspace_id = workspace
+            changed.add(index)
+    return changed
+
+
 class TaskQuerySet(models.QuerySet["Task"]):
     def bulk_create(self, objs, *args, **kwargs) -> list["Task"]:
-        """bulk_create skips save(): derive the priority of each task that has none here."""
+        """bulk_create skips save(): derive the priority and the workspace of each task here."""
         objs = list(objs)
         for task in objs:
             task.fill_priority()
+        fill_workspaces(objs, using=self.db)
         return super().bulk_create(objs, *args, **kwargs)
 
     def dates(self, field_name: str, kind: str, order: str = "ASC"):
@@ -81,12 +168,12 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return periods if order == "ASC" else periods[::-1]
 
     def order_by_priority(self) -> "TaskQuerySet":
-        """Most pressing first (urgent, high, medium, low, then not yet set), soonest due first."""
+        """Most pressing first (urgent, high, medium, low), soonest due first."""
         return self.order_by(priority_rank().desc(), F("due_date").asc(nulls_last=True), "-id")
 
 
 class Task(models.Model):
-    """A unit of work, optionally categorised and assigned to a user."""
+    """A unit of work, optionally categorised and assigned to a user, in a workspace."""
 
     class Status(models.TextChoices):
         TODO = "todo", "To do"
@@ -109,8 +196,8 @@ class Task(models.Model):
         related_name="tasks",
     )
     # Arrived on a live table: expand (nullable, 0002), backfill (command and 0003), contract
-    # (NOT NULL with a database default, 0004). This code also runs between expand and contract,
-    # so it tolerates NULL on read and always writes a value (see save()).
+    # (NOT NULL with a database default, 0004). While the rollout ran, the code tolerated NULL
+    # on read and always wrote a value (see save()).
     priority = models.CharField(
         max_length=20,
         choices=Priority.choices,
@@ -118,6 +205,17 @@ class Task(models.Model):
         # For INSERTs from code that predates the column (they never name it).
         db_default=Priority.MEDIUM,
         help_text="Leave empty to derive it from the status and due date.",
+    )
+    # The second column on the live table: expand (nullable, foreign key NOT VALID, index built
+    # concurrently, 0007), backfill (command and 0008), contract (validate, NOT NULL, 0009). No
+    # database default can name a row, so the contract waits until no code that predates the
+    # column inserts tasks (docs/zero-downtime.md). Derived from the category on every save.
+    workspace = models.ForeignKey(
+        Workspace,
+        on_delete=models.PROTECT,
+        blank=True,
+        related_name="tasks",
+        help_text="The workspace of the task's category (the default one without a category).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -140,10 +238,18 @@ class Task(models.Model):
         return self.title
 
     def save(self, *args, **kwargs) -> None:
-        """Save, deriving the priority from the rule when none is set."""
+        """Save, deriving the priority from the rule when none is set, and the workspace from
+        the category (the dual-write); with ``update_fields``, the derived fields are added."""
         update_fields = kwargs.get("update_fields")
-        if self.fill_priority() and update_fields is not None:
-            kwargs["update_fields"] = {*update_fields, "priority"}
+        derived = set()
+        if self.fill_priority():
+            derived.add("priority")
+        if update_fields is None or "category" in update_fields or self.workspace_id is None:
+            using = kwargs.get("using") or router.db_for_write(Task, instance=self)
+            if fill_workspaces([self], using=using):
+                derived.add("workspace")
+        if derived and update_fields is not None:
+            kwargs["update_fields"] = {*update_fields, *derived}
         super().save(*args, **kwargs)
 
     def fill_priority(self) -> bool:
@@ -154,204 +260,3 @@ class Task(models.Model):
             status=self.status, due_date=self.due_date
         )
         return True
-
-
-class BackfillRun(models.Model):
-    """One run of a batched backfill: its checkpoint, its progress and who may work on it.
-
-    The checkpoint (``last_key``, ``rows_done``, ``batches``) is written in the same transaction
-    as each batch, so a killed run resumes exactly. ``status`` is also how operators steer a
-    run: the process working on it reads it with every batch's checkpoint. The lease
-    (``lease_owner``, ``lease_expires_at``, ``generation``) says which process that is: another
-    one takes over only once the lease has expired, and a batch whose process lost the lease
-    meanwhile is rolled back (its checkpoint write names the generation it holds).
-    """
-
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        PAUSED = "paused", "Paused"
-        CANCELLING = "cancelling", "Cancelling"
-        CANCELLED = "cancelled", "Cancelled"
-        FAILED = "failed", "Failed"
-        SUCCEEDED = "succeeded", "Succeeded"
-
-    class Origin(models.TextChoices):
-        COMMAND = "command", "Command"
-        ADMIN = "admin", "Admin"
-        WORKER = "worker", "Worker"
-
-    name = models.CharField(max_length=100, help_text="Which backfill, e.g. tasks.task.priority.")
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
-    reference_date = models.DateField(help_text="The date the whole run computes values against.")
-    started_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(default=timezone.now)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    last_key = models.JSONField(null=True, blank=True, help_text="Key of the last row done.")
-    rows_done = models.BigIntegerField(default=0)
-    batches = models.IntegerField(default=0)
-    last_error = models.TextField(blank=True)
-    last_error_at = models.DateTimeField(null=True, blank=True)
-    rows_estimated = models.BigIntegerField(
-        null=True, blank=True, help_text="Rows to fill when the run started (estimated)."
-    )
-    batch_size = models.IntegerField(null=True, blank=True, help_text="Current batch size.")
-    rows_per_second = models.FloatField(null=True, blank=True, help_text="Smoothed rate.")
-    origin = models.CharField(max_length=20, choices=Origin.choices, default=Origin.COMMAND)
-    started_by = models.CharField(max_length=150, blank=True, default="")
-    background = models.BooleanField(
-        default=False, help_text="Carried out by task workers (db_worker)."
-    )
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    lease_owner = models.CharField(max_length=200, blank=True, default="")
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    generation = models.IntegerField(default=0)
-    # The worker task due to carry the run on (background runs): any other is superseded.
-    worker_task_id = models.CharField(max_length=64, blank=True, default="")
-    throttle_reason = models.CharField(max_length=300, blank=True, default="")
-    throttled_at = models.DateTimeField(null=True, blank=True)
-    workers = models.PositiveIntegerField(
-        default=1,
-        help_text="Connections that fill the rows in parallel, each walking its own lane of keys.",
-    )
-
-    class Meta:
-        ordering = ["-started_at", "-id"]
-        constraints = [
-            # At most one open run per backfill: the one every process resumes.
-            models.UniqueConstraint(
-                fields=["name"],
-                condition=models.Q(status__in=OPEN_STATUSES),
-                name="backfillrun_one_open",
-            )
-        ]
-        permissions = [("control_backfillrun", "Can start, pause, resume and cancel backfills")]
-
-    def __str__(self) -> str:
-        return f"{self.name} #{self.pk} ({self.status})"
-
-    @property
-    def is_open(self) -> bool:
-        """Not finished: the run the next invocation (or worker) carries on."""
-        return self.status in OPEN_STATUSES
-
-    @property
-    def lease_is_live(self) -> bool:
-        """A process holds the run and has renewed its lease in time."""
-        return bool(
-            self.lease_owner
-            and self.lease_expires_at is not None
-            and self.lease_expires_at > timezone.now()
-        )
-
-    @property
-    def _silent_for_a_lease(self) -> bool:
-        silent_since = max(filter(None, (self.heartbeat_at, self.updated_at)))
-        limit = datetime.timedelta(seconds=settings.BACKFILL_LEASE_SECONDS)
-        return silent_since < timezone.now() - limit
-
-    @property
-    def is_stalled(self) -> bool:
-        """Meant to be worked on, but no process has shown life for a whole lease period."""
-        if self.status not in (self.Status.RUNNING, self.Status.CANCELLING) or self.lease_is_live:
-            return False
-        return self._silent_for_a_lease
-
-    @property
-    def status_label(self) -> str:
-        """The status as operators need it: a running run nobody works on says so."""
-        label = self.get_status_display().lower()
-        if self.is_stalled:
-            return f"{label} (stalled)"
-        if self.status == self.Status.PENDING and self.background and self._silent_for_a_lease:
-            return f"{label} (no worker has picked it up)"
-        if self.status == self.Status.RUNNING and self.throttle_reason:
-            return f"{label} (backing off)"
-        return label
-
-    @property
-    def heartbeat_age(self) -> float | None:
-        """Seconds since the process working on the run last showed life."""
-        if self.heartbeat_at is None:
-            return None
-        return (timezone.now() - self.heartbeat_at).total_seconds()
-
-    @property
-    def progress(self) -> float | None:
-        """Fraction done (0-1), from rows done against the estimate; 1 once succeeded."""
-        if self.status == self.Status.SUCCEEDED:
-            return 1.0
-        if not self.rows_estimated:
-            return None
-        # The estimate can be low (planner statistics): never show 100% before it is done.
-        return min(0.99, self.rows_done / self.rows_estimated)
-
-    @property
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the smoothed rate, None when unknown or not running."""
-        if self.status != self.Status.RUNNING or not self.rows_per_second:
-            return None
-        if self.rows_estimated is None:
-            return None
-        return max(0, self.rows_estimated - self.rows_done) / self.rows_per_second
-
-
-class BackfillLane(models.Model):
-    """One part of a parallel run's key range, walked by one connection, with its checkpoint.
-
-    A run with several workers splits the keys still to fill into lanes when it starts. Each
-    lane keeps its own ``last_key``, written in the same transaction as each of its batches
-    (together with the run's totals), so a killed run resumes every lane where it stopped.
-    """
-
-    run = models.ForeignKey(BackfillRun, on_delete=models.CASCADE, related_name="lanes")
-    number = models.PositiveIntegerField()
-    after_key = models.JSONField(null=True, blank=True, help_text="Starts after this key.")
-    upto_key = models.JSONField(
-        null=True, blank=True, help_text="Ends at this key; empty: the end of the table."
-    )
-    last_key = models.JSONField(null=True, blank=True, help_text="Key of the last row done.")
-    rows_done = models.BigIntegerField(default=0)
-    batches = models.IntegerField(default=0)
-    finished = models.BooleanField(default=False)
-    updated_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        ordering = ["run", "number"]
-        constraints = [
-            models.UniqueConstraint(fields=["run", "number"], name="backfilllane_unique_number")
-        ]
-
-    def __str__(self) -> str:
-        return f"lane {self.number} of run #{self.run_id}"
-
-
-class BackfillRunEvent(models.Model):
-    """Something that happened to a run: an operator's action, a throttle, a takeover."""
-
-    class Kind(models.TextChoices):
-        CREATED = "created", "Created"
-        PROCESSING = "processing", "Processing started"
-        ENQUEUED = "enqueued", "Enqueued for workers"
-        PAUSED = "paused", "Paused"
-        RESUMED = "resumed", "Resumed"
-        CANCEL_REQUESTED = "cancel requested", "Cancel requested"
-        CANCELLED = "cancelled", "Cancelled"
-        RETRIED = "retried", "Retried"
-        FAILED = "failed", "Failed"
-        SUCCEEDED = "succeeded", "Succeeded"
-        THROTTLED = "throttled", "Throttled"
-        TAKEN_OVER = "taken over", "Taken over"
-
-    run = models.ForeignKey(BackfillRun, on_delete=models.CASCADE, related_name="events")
-    at = models.DateTimeField(default=timezone.now)
-    kind = models.CharField(max_length=30, choices=Kind.choices)
-    actor = models.CharField(max_length=150, blank=True, help_text="User, or process and host.")
-    origin = models.CharField(max_length=20, choices=BackfillRun.Origin.choices, blank=True)
-    message = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ["-at", "-id"]
-
-    def __str__(self) -> str:
-        return f"{self.get_kind_display()} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -22,10 +22,11 @@ from factory.random import randgen
 
 from tasks.bulk_insert import insert_rows
 from tasks.factories import TaskFactory, UserFactory
-from tasks.models import Category, Task
+from tasks.models import Category, Task, Workspace
 from tasks.priority import PriorityRule
+from tasks.workspace import WorkspaceRule
 
-REFERENCE_FIXTURES = ("categories", "roles")
+REFERENCE_FIXTURES = ("workspaces", "categories", "roles")
 ROLE_NAMES = ("Admin", "Manager", "Member")
 # Distinct factory-built prototypes per run; rows beyond this reuse them in random order.
 PROTOTYPE_POOL_SIZE = 20_000
@@ -41,8 +42,10 @@ TASK_FIELDS = (
     "created_at",
     "updated_at",
 )
-# Written last, and only when the tasks are seeded as the application writes them today.
+# Written after those, and only when the tasks are seeded as the application writes them
+# today (each column may be left out: the rows the application wrote before it existed).
 PRIORITY_FIELD = "priority"
+WORKSPACE_FIELD = "workspace"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class SeedResult:
 
 
 def ensure_reference_data(*, using: str) -> bool:
-    """Load the categories and roles fixtures unless they are there; True if it loaded them."""
+    """Load the workspaces, categories and roles fixtures unless they are there; True if it
+    loaded them."""
     has_categories = Category.objects.using(using).exists()
     has_roles = Group.objects.using(using).filter(name__in=ROLE_NAMES).count() == len(ROLE_NAMES)
     if has_categories and has_roles:
@@ -102,9 +106,17 @@ def build_prototypes(count: int, *, with_priority: bool) -> list[tuple]:
 
 
 def task_rows(
-    count: int, *, prototypes: list[tuple], category_ids: list[int], user_ids: list[int]
+    count: int,
+    *,
+    prototypes: list[tuple],
+    category_ids: list[int],
+    user_ids: list[int],
+    workspaces: WorkspaceRule | None = None,
+    workspace_of: dict[int, int] | None = None,
 ) -> Iterator[tuple]:
-    """Yield ``count`` database-ready task rows in TASK_FIELDS order."""
+    """Yield ``count`` database-ready task rows in TASK_FIELDS order, then the prototype's
+    priority (if it has one), then the workspace by ``workspaces``, the rule (if given), from
+    ``workspace_of``, the workspace of each category."""
     now = timezone.now()
     for index in range(count):
         prototype = prototypes[index] if count <= len(prototypes) else randgen.choice(prototypes)
@@ -114,7 +126,11 @@ def task_rows(
         assignee = None
         if user_ids and randgen.random() >= UNASSIGNED_SHARE:
             assignee = randgen.choice(user_ids)
-        yield (*prototype[:4], category, assignee, now, now, *prototype[4:])
+        row = (*prototype[:4], category, assignee, now, now, *prototype[4:])
+        if workspaces is not None:
+            category_workspace = None if category is None else workspace_of[category]
+            row = (*row, workspaces.for_task(category_workspace=category_workspace))
+        yield row
 
 
 def seed(
@@ -125,23 +141,37 @@ def seed(
     batch_size: int,
     using: str,
     with_priority: bool = True,
+    with_workspace: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> SeedResult:
     """Make sure reference data exists, then create ``users`` users and ``tasks`` tasks.
 
     The same ``seed`` on the same database state gives the same rows. Each batch of
     ``batch_size`` tasks is written in its own transaction; ``on_batch`` is told its size.
-    Without ``with_priority`` tasks are written as the application wrote them before the
-    priority column existed: the INSERT does not name it.
+    Without ``with_priority`` (``with_workspace``) tasks are written as the application wrote
+    them before the priority (workspace) column existed: the INSERT does not name it.
     """
     started = time.perf_counter()
     factory.random.reseed_random(seed)
     loaded = ensure_reference_data(using=using)
-    category_ids = list(Category.objects.using(using).order_by("slug").values_list("pk", flat=True))
+    categories = Category.objects.using(using).order_by("slug")
+    category_ids = list(categories.values_list("pk", flat=True))
     user_ids = create_users(users, using=using)
     prototypes = build_prototypes(min(tasks, PROTOTYPE_POOL_SIZE), with_priority=with_priority)
     fields = (*TASK_FIELDS, PRIORITY_FIELD) if with_priority else TASK_FIELDS
-    rows = task_rows(tasks, prototypes=prototypes, category_ids=category_ids, user_ids=user_ids)
+    workspaces = workspace_of = None
+    if with_workspace:
+        fields = (*fields, WORKSPACE_FIELD)
+        workspaces = WorkspaceRule(Workspace.objects.db_manager(using).default_id())
+        workspace_of = dict(categories.values_list("pk", "workspace"))
+    rows = task_rows(
+        tasks,
+        prototypes=prototypes,
+        category_ids=category_ids,
+        user_ids=user_ids,
+        workspaces=workspaces,
+        workspace_of=workspace_of,
+    )
     written = 0
     while written < tasks:
         size = min(batch_size, tasks - written)

@@ -2,7 +2,7 @@
 
 from django.db.models import Count
 
-from tasks.models import Task
+from tasks.models import Task, Workspace
 from tasks.priority import Priority
 
 
@@ -23,4 +23,20 @@ def task_counts_by_priority(*, using: str) -> dict[str | None, int]:
     counts = _counts_by("priority", using=using)
     ordered = {value: counts.get(value, 0) for value in reversed(Priority.values)}
     ordered[None] = counts.get(None, 0)
+    return ordered
+
+
+def task_counts_by_workspace(*, using: str) -> dict[str | None, int]:
+    """Number of tasks per workspace name, by name; None counts rows not backfilled yet.
+
+    Grouped by the column, not through a join: the model says NOT NULL, so Django would join
+    the workspaces with an INNER JOIN and drop the rows the backfill has not reached yet.
+    """
+    counts = _counts_by("workspace", using=using)
+    names = dict(Workspace.objects.using(using).values_list("pk", "name"))
+    ordered = dict(
+        sorted((names.get(pk, str(pk)), n) for pk, n in counts.items() if pk is not None)
+    )
+    if None in counts:
+        ordered[None] = counts[None]
     return ordered

@@ -14,6 +14,9 @@ from django.conf import settings
 
 from tasks.models import Category
 
+# Loaded by `manage.py loaddata` in this order: categories name their workspace.
+REFERENCE_FIXTURES = ("workspaces", "categories", "roles")
+
 IS_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
@@ -56,11 +59,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def transactional_db(transactional_db):
+    """pytest-django's, plus the rows the migrations create: each transactional test starts
+    from a flushed database, which would have lost the default workspace (migration 0006)."""
+    from tasks.models import Workspace
+    from tasks.workspace import DEFAULT_WORKSPACE_SLUG
+
+    Workspace.objects.get_or_create(slug=DEFAULT_WORKSPACE_SLUG, defaults={"name": "Default"})
+    yield
+
+
+@pytest.fixture
 def reference_data(db) -> None:
-    """The categories and roles fixtures, as `manage.py loaddata categories roles` loads them."""
+    """The reference fixtures, as `manage.py loaddata workspaces categories roles` loads them."""
     from django.core.management import call_command
 
-    call_command("loaddata", "categories", "roles", verbosity=0)
+    call_command("loaddata", *REFERENCE_FIXTURES, verbosity=0)
 
 
 @pytest.fixture
@@ -76,14 +90,34 @@ def category(db) -> Category:
     return Category.objects.create(name="Engineering", slug="engineering")
 
 
-@pytest.fixture
-def expand_step(transactional_db):
-    """The database between the expand and contract steps: priority exists and may be NULL.
+def rewind_to(step: str, *fixtures: str):
+    """Production at ``step`` of tasks' migrations, with its reference data (and
+    ``fixtures``), for one test.
 
-    Migrates tasks back to 0002_priority_expand for the test and forward again afterwards.
+    The fixtures are written for today's models, so they are loaded on the fully migrated
+    schema, then tasks is migrated back to ``step`` (the rows stay, without the columns that
+    came later); forward again afterwards. At an earlier step, today's Task model does not
+    match the table: tests there use the model of that step (tests/helpers.py, ``model_at``).
     """
     from django.core.management import call_command
 
-    call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
+    call_command("migrate", "tasks", verbosity=0)
+    call_command("loaddata", *REFERENCE_FIXTURES, "operators", *fixtures, verbosity=0)
+    call_command("migrate", "tasks", step, verbosity=0)
     yield
     call_command("migrate", "tasks", verbosity=0)
+
+
+@pytest.fixture
+def expand_step(transactional_db):
+    """The database between the priority rollout's expand and contract steps: priority exists
+    and may be NULL (tasks at 0002_priority_expand; the Task model of that step is
+    ``tests.helpers.PriorityStepTask``)."""
+    yield from rewind_to("0002_priority_expand")
+
+
+@pytest.fixture
+def workspace_expand_step(transactional_db):
+    """The database between the workspace rollout's expand and contract steps: workspace_id
+    exists and may be NULL (tasks at 0007_workspace_expand); today's models work here."""
+    yield from rewind_to("0007_workspace_expand")

@@ -1,18 +1,38 @@
 """Helpers shared by several test modules."""
 
+import datetime
+import functools
+import threading
 import time
 from io import StringIO
 
+from django.db import connection, connections, models
+from django.db.migrations.loader import MigrationLoader
+
+from backfills.engine import BatchPolicy
+from backfills.orchestration import fill
+from backfills.registry import get_definition
 from tasks.models import Task
 
 
-def create_legacy_tasks(tasks: list[Task]) -> list[Task]:
-    """Save ``tasks`` as code that predates the priority column would: priority NULL.
+@functools.cache
+def model_at(label: str, migration: str) -> type[models.Model]:
+    """The model ``label`` ("app.Model") as it was after ``migration`` of its app: what the code
+    of that time read and wrote (no custom save(), no managers of today)."""
+    app_label, model_name = label.split(".")
+    state = MigrationLoader(None, ignore_no_migrations=True).project_state((app_label, migration))
+    return state.apps.get_model(app_label, model_name)
 
-    (The current code's bulk_create derives a priority, so it is cleared afterwards.)
-    """
+
+# Task as the code of the priority rollout knew it: priority nullable, no workspace yet.
+PriorityStepTask = model_at("tasks.Task", "0002_priority_expand")
+
+
+def create_legacy_tasks(tasks: list[Task]) -> list[Task]:
+    """Save ``tasks`` (of today's model) as code that predates the workspace column would:
+    workspace NULL. (Today's bulk_create derives a workspace, so it is cleared afterwards.)"""
     created = Task.objects.bulk_create(tasks)
-    Task.objects.filter(pk__in=[task.pk for task in created]).update(priority=None)
+    Task.objects.filter(pk__in=[task.pk for task in created]).update(workspace=None)
     return created
 
 
@@ -28,3 +48,75 @@ class Terminal(StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+# The two registered backfills, as the command, admin and migrations find them.
+PRIORITY = get_definition("tasks.task.priority")
+WORKSPACE = get_definition("tasks.task.workspace")
+
+
+def priority_run_parameters(today) -> dict[str, str]:
+    """The parameters of a priority run with reference date ``today``."""
+    return {"reference_date": today.isoformat()}
+
+
+def reference_date(run) -> datetime.date:
+    """The reference date a priority run computes its values against."""
+    return datetime.date.fromisoformat(run.parameters["reference_date"])
+
+
+def fill_while_the_application_writes(definition, writers, *, workers: int, stop_after: int = 20):
+    """Run ``definition``'s backfill (batches of 400) while each of ``writers`` — a function
+    that writes until the event it is given is set — writes from a thread with its own
+    connection. The writers stop after ``stop_after`` batches; the run goes on past their last
+    rows. Returns the run, what the call did, how many batches it took and the writers' errors."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(writer) -> None:
+        try:
+            writer(stop)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in writers]
+    for thread in threads:
+        thread.start()
+    batches = 0
+
+    def on_batch(report) -> None:
+        nonlocal batches
+        batches += 1
+        if batches == stop_after:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+    try:
+        run, result = fill(
+            definition,
+            using="default",
+            policy=BatchPolicy(batch_size=400, sleep=0.01),
+            on_batch=on_batch,
+            workers=workers,
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return run, result, batches, errors
+
+
+def statements_sent(action) -> list[str]:
+    """The SQL statements ``action()`` sends on the default connection, white space folded."""
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(" ".join(sql.split()))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        action()
+    return statements

@@ -20,13 +20,15 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.db.models.expressions import RawSQL
 
-from tasks import backfill_health
-from tasks.backfill import Backfill, BatchPolicy, estimate_pending, run_backfill
-from tasks.backfill_control import claim
-from tasks.backfill_health import DatabaseHealth
-from tasks.models import BackfillRun, Task
-from tasks.priority_backfill import PENDING, backfill_priority, priority_backfill
-from tests.helpers import wait_until
+from backfills import health as backfill_health
+from backfills.engine import Backfill, BatchPolicy, run_backfill
+from backfills.health import DatabaseHealth
+from backfills.inspection import estimate_pending
+from backfills.leases import claim
+from backfills.models import BackfillRun
+from backfills.orchestration import fill
+from tests.conftest import rewind_to
+from tests.helpers import PRIORITY, model_at, priority_run_parameters, reference_date, wait_until
 from tests.test_backfill_postgres import (
     assert_rule_applied_to,
     conninfo,
@@ -34,6 +36,9 @@ from tests.test_backfill_postgres import (
     hold_row_lock,
     seed_legacy,
 )
+
+# The priority rollout's steps ran the code of that time: its Task model, not today's.
+Task = model_at("tasks.Task", "0002_priority_expand")
 
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = datetime.date(2026, 11, 26)
@@ -68,7 +73,8 @@ def events(run: BackfillRun) -> list[tuple[str, str]]:
 
 def test_the_estimate_of_a_fresh_column_comes_from_statistics_gathered_for_it(transactional_db):
     # given: 5,000 rows analysed before the column existed, so it has no statistics yet
-    call_command("migrate", "tasks", "0001", verbosity=0)
+    rewind = rewind_to("0001_initial")
+    next(rewind)
     try:
         seed_legacy(5_000)
         with connection.cursor() as cursor:
@@ -76,12 +82,14 @@ def test_the_estimate_of_a_fresh_column_comes_from_statistics_gathered_for_it(tr
         call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
 
         # when
-        estimate = estimate_pending(priority_backfill(Task, TODAY), using="default")
+        estimate = estimate_pending(
+            PRIORITY.backfill(Task, priority_run_parameters(TODAY)), using="default"
+        )
 
         # then: close to the truth, not the planner's 0.5% guess for IS NULL without statistics
         assert 4_500 <= estimate <= 5_500
     finally:
-        call_command("migrate", "tasks", verbosity=0)
+        next(rewind, None)
 
 
 # -- steering a running process --------------------------------------------------------------
@@ -143,12 +151,12 @@ def test_a_replication_lag_over_the_limit_makes_the_backfill_wait(expand_step, m
     started = time.monotonic()
 
     # when
-    backfill_priority(using="default", policy=BatchPolicy(batch_size=10), health=health)
+    fill(PRIORITY, using="default", policy=BatchPolicy(batch_size=10), health=health)
 
     # then: two waits, one event (the reason did not change), then the work
     run = run_row()
     assert time.monotonic() - started >= 0.4
-    assert run.status == "succeeded" and not Task.objects.filter(PENDING).exists()
+    assert run.status == "succeeded" and not Task.objects.filter(PRIORITY.pending).exists()
     throttles = [message for kind, message in events(run) if kind == "throttled"]
     assert throttles == ["replication lag 42.0 s is over 10 s"]
 
@@ -174,7 +182,8 @@ def test_a_vacuum_running_on_the_table_makes_the_backfill_wait(expand_step):
             what="the vacuum",
         )
         # when
-        backfill_priority(
+        fill(
+            PRIORITY,
             using="default",
             policy=BatchPolicy(batch_size=1000),
             health=DatabaseHealth(model=Task, backoff_seconds=0.2),
@@ -188,7 +197,7 @@ def test_a_vacuum_running_on_the_table_makes_the_backfill_wait(expand_step):
     throttles = [message for kind, message in events(run) if kind == "throttled"]
     assert throttles and throttles[0].startswith("vacuum running on tasks_task (")
     assert not finished_during_vacuum
-    assert run.status == "succeeded" and not Task.objects.filter(PENDING).exists()
+    assert run.status == "succeeded" and not Task.objects.filter(PRIORITY.pending).exists()
 
 
 def test_sessions_queued_on_a_batchs_locks_make_the_backfill_back_off(expand_step):
@@ -200,9 +209,9 @@ def test_sessions_queued_on_a_batchs_locks_make_the_backfill_back_off(expand_ste
         field="priority",
         # pg_sleep is volatile: evaluated (and slept) once per row
         value=RawSQL("CASE WHEN pg_sleep(0.2)::text = '' THEN 'low' ELSE 'low' END", []),
-        pending=PENDING,
+        pending=PRIORITY.pending,
     )
-    run = BackfillRun.objects.create(name="tests.slow", reference_date="2026-01-01")
+    run = BackfillRun.objects.create(name="tests.slow", parameters={})
     checkpoint = claim(run, owner="test", origin="command", using="default", lease_seconds=60)
     waited = []
 
@@ -274,7 +283,7 @@ def test_a_worker_killed_mid_batch_is_taken_over_and_no_batch_is_applied_twice(
     run = run_row()
     assert killed_at.rows_done == 1_000 and killed_at.status == "running"
     assert run.rows_done == 4_000 == Task.objects.filter(priority__isnull=False).count()
-    assert_rule_applied_to(Task.objects.all(), run.reference_date)
+    assert_rule_applied_to(Task.objects.all(), reference_date(run))
     taken = [message for kind, message in events(run) if kind == "taken over"]
     assert len(taken) == 1 and taken[0].startswith("from worker task ")
 
@@ -324,6 +333,6 @@ def test_a_database_restart_mid_run_stops_the_command_and_the_run_resumes(expand
     # then: the same run finished, every row once
     resumed = run_row()
     assert resumed.pk == run.pk and resumed.status == "succeeded"
-    assert resumed.rows_done == 5_000 and not Task.objects.filter(PENDING).exists()
-    with pytest.raises(CommandError, match="no open priority backfill run"):
+    assert resumed.rows_done == 5_000 and not Task.objects.filter(PRIORITY.pending).exists()
+    with pytest.raises(CommandError, match="no open tasks.task.priority run"):
         call_command("backfill_priority", pause=True, stdout=StringIO())

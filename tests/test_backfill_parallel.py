@@ -14,13 +14,18 @@ from django.db import DatabaseError, connection
 from django.db.models import Q, Sum
 from django.utils import timezone
 
-from tasks.backfill import Backfill, BatchPolicy, plan_lanes
-from tasks.backfill_control import cancel_run
-from tasks.models import BackfillLane, BackfillRun, Category, Task
-from tasks.priority_backfill import backfill_priority, priority_backfill
-from tests.helpers import wait_until
+from backfills.controls import cancel_run
+from backfills.engine import Backfill, BatchPolicy
+from backfills.lanes import plan_lanes
+from backfills.models import BackfillLane, BackfillRun
+from backfills.orchestration import fill
+from tests.helpers import PRIORITY, model_at, priority_run_parameters, reference_date, wait_until
 from tests.test_backfill_operations_postgres import manage
 from tests.test_backfill_postgres import assert_rule_applied_to, hold_row_lock, seed_legacy
+
+# The priority rollout's steps ran the code of that time: its Task model, not today's.
+Task = model_at("tasks.Task", "0002_priority_expand")
+Category = model_at("tasks.Category", "0002_priority_expand")
 
 pytestmark = pytest.mark.postgres
 
@@ -75,7 +80,8 @@ def test_two_workers_fill_every_row_once_in_disjoint_lanes_at_the_same_time(expa
     threads = []
 
     # when
-    run, result = backfill_priority(
+    run, result = fill(
+        PRIORITY,
         using="default",
         policy=BatchPolicy(batch_size=200, sleep=0.01),
         workers=2,
@@ -94,7 +100,7 @@ def test_two_workers_fill_every_row_once_in_disjoint_lanes_at_the_same_time(expa
     assert sum(switches) > 5
     assert run.batches == len(threads) == result.batches
     assert not Task.objects.filter(priority__isnull=True).exists()
-    assert_rule_applied_to(Task.objects.all(), run.reference_date)
+    assert_rule_applied_to(Task.objects.all(), reference_date(run))
     assert list(run.events.values_list("kind", flat=True)) == [
         "succeeded",
         "processing",
@@ -131,7 +137,7 @@ def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(
     assert (run.status, run.rows_done) == ("succeeded", 20_000)
     assert list(run.lanes.values_list("pk", "after_key", "upto_key")) == lanes_before
     assert_lanes_match_the_data(run)
-    assert_rule_applied_to(Task.objects.all(), run.reference_date)
+    assert_rule_applied_to(Task.objects.all(), reference_date(run))
 
 
 def test_ctrl_c_stops_every_lane_before_its_next_batch(expand_step):
@@ -213,8 +219,8 @@ def test_rows_committed_behind_the_lanes_and_after_the_last_key_are_filled(expan
             Task.objects.filter(pk=late[0]).update(priority=None)
 
     # when
-    run, result = backfill_priority(
-        using="default", policy=BatchPolicy(batch_size=100), workers=2, on_batch=on_batch
+    run, result = fill(
+        PRIORITY, using="default", policy=BatchPolicy(batch_size=100), workers=2, on_batch=on_batch
     )
 
     # then: the pass after the lanes found the first; the open-ended last lane took the second
@@ -250,8 +256,8 @@ def test_the_scan_for_rows_left_behind_takes_as_many_server_processes_as_workers
                 cursor.execute(f"SET {setting}")
 
         # when
-        run, result = backfill_priority(
-            using="default", policy=BatchPolicy(batch_size=500), workers=workers
+        run, result = fill(
+            PRIORITY, using="default", policy=BatchPolicy(batch_size=500), workers=workers
         )
     finally:
         connection.close()  # the next test gets a session without these settings
@@ -323,7 +329,7 @@ def test_cancelling_a_parallel_run_stops_every_lane_and_is_recorded_once(expand_
 
 
 def test_a_worker_task_fills_a_background_run_in_lanes(expand_step):
-    from tasks.background import run_slice
+    from backfills.workers import run_slice
 
     # given
     seed_legacy(3_000)
@@ -367,7 +373,7 @@ def test_lanes_split_the_pending_keys_into_equal_ranges_and_the_last_is_open_end
     seed_legacy(1_000)
     ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
     Task.objects.filter(pk__in=ids[:100]).update(priority="low")  # already filled
-    backfill = priority_backfill(Task, timezone.localdate())
+    backfill = PRIORITY.backfill(Task, priority_run_parameters(timezone.localdate()))
 
     lanes = plan_lanes(backfill, 3, using="default")
 
@@ -379,7 +385,7 @@ def test_lanes_split_the_pending_keys_into_equal_ranges_and_the_last_is_open_end
 
 
 def test_no_lanes_when_nothing_is_pending_and_never_more_lanes_than_keys(expand_step):
-    backfill = priority_backfill(Task, timezone.localdate())
+    backfill = PRIORITY.backfill(Task, priority_run_parameters(timezone.localdate()))
     assert plan_lanes(backfill, 4, using="default") == []
 
     seed_legacy(3)

@@ -16,12 +16,20 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.utils import timezone
 
-from tasks.backfill import BatchPolicy
-from tasks.models import BackfillRun, Task
+from backfills.engine import BatchPolicy
+from backfills.models import BackfillRun
+from backfills.orchestration import fill
 from tasks.priority import PriorityRule
-from tasks.priority_backfill import backfill_priority
-from tasks.services import task_create
-from tests.helpers import wait_until
+from tests.helpers import (
+    PRIORITY,
+    fill_while_the_application_writes,
+    model_at,
+    reference_date,
+    wait_until,
+)
+
+# The priority rollout's steps ran the code of that time: its Task model, not today's.
+Task = model_at("tasks.Task", "0002_priority_expand")
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.postgres
@@ -53,6 +61,7 @@ def seed_legacy(count: int) -> None:
         users=3,
         seed=7,
         without_priority=True,
+        without_workspace=True,
         no_progress=True,
         verbosity=0,
     )
@@ -109,11 +118,11 @@ def test_a_run_killed_with_sigkill_resumes_exactly_where_it_stopped(expand_step)
 
     # then: the same run carried on and finished, with the same reference date
     resumed = BackfillRun.objects.get()
-    assert f"Resuming run #{run.pk} (reference date {run.reference_date})" in out.getvalue()
+    assert f"Resuming run #{run.pk} (reference date {reference_date(run)})" in out.getvalue()
     assert (resumed.status, resumed.rows_done) == ("succeeded", 20_000)
     assert resumed.batches == 40
     assert not Task.objects.filter(priority__isnull=True).exists()
-    assert_rule_applied_to(Task.objects.all(), run.reference_date)
+    assert_rule_applied_to(Task.objects.all(), reference_date(run))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -123,73 +132,44 @@ def test_concurrent_inserts_and_updates_leave_no_null_and_are_never_overwritten(
     # given: legacy rows, and application threads writing with their own connections
     seed_legacy(15_000)
     legacy_ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
-    stop = threading.Event()
     chosen: list[int] = []  # rows the application gave a priority the rule would not
     inserted: list[int] = []
-    errors: list[BaseException] = []
 
-    def old_code_writer() -> None:
-        try:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                now = timezone.now()
-                with connections["default"].cursor() as cursor:
-                    cursor.execute(
-                        "INSERT INTO tasks_task (title, description, status, created_at, "
-                        "updated_at) VALUES (%s, '', 'todo', %s, %s) RETURNING id",
-                        [f"old code {n}", now, now],
-                    )
-                    inserted.append(cursor.fetchone()[0])
-                Task.objects.filter(pk=legacy_ids[(n * 37) % len(legacy_ids)]).update(
-                    title=f"renamed {n}"
+    def old_code_writer(stop) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            now = timezone.now()
+            with connections["default"].cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO tasks_task (title, description, status, created_at, "
+                    "updated_at) VALUES (%s, '', 'todo', %s, %s) RETURNING id",
+                    [f"old code {n}", now, now],
                 )
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            connections.close_all()
+                inserted.append(cursor.fetchone()[0])
+            Task.objects.filter(pk=legacy_ids[(n * 37) % len(legacy_ids)]).update(
+                title=f"renamed {n}"
+            )
 
-    def new_code_writer() -> None:
-        try:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                task_create(title=f"new code {n}")
-                pk = legacy_ids[(n * 7919) % len(legacy_ids)]
-                if Task.objects.filter(pk=pk, priority__isnull=True).update(
-                    priority="urgent", status="done"
-                ):
-                    chosen.append(pk)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    writers = [threading.Thread(target=old_code_writer), threading.Thread(target=new_code_writer)]
-    for writer in writers:
-        writer.start()
-    batches = 0
-
-    def on_batch(report) -> None:
-        nonlocal batches
-        batches += 1
-        if batches == 20:  # writers stop half-way; the run goes on past their last rows
-            stop.set()
-            for writer in writers:
-                writer.join()
+    def new_code_writer(stop) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            # the code of the priority rollout: it writes the rule's priority
+            Task.objects.create(
+                title=f"new code {n}",
+                priority=PriorityRule(timezone.localdate()).for_task(status="todo", due_date=None),
+            )
+            pk = legacy_ids[(n * 7919) % len(legacy_ids)]
+            if Task.objects.filter(pk=pk, priority__isnull=True).update(
+                priority="urgent", status="done"
+            ):
+                chosen.append(pk)
 
     # when
-    try:
-        run, result = backfill_priority(
-            using="default",
-            policy=BatchPolicy(batch_size=400, sleep=0.01),
-            on_batch=on_batch,
-            workers=workers,
-        )
-    finally:
-        stop.set()
-        for writer in writers:
-            writer.join()
+    run, result, batches, errors = fill_while_the_application_writes(
+        PRIORITY, [old_code_writer, new_code_writer], workers=workers
+    )
 
     # then
     assert not errors
@@ -197,7 +177,7 @@ def test_concurrent_inserts_and_updates_leave_no_null_and_are_never_overwritten(
     assert len(inserted) > 20 and len(chosen) > 20
     assert not Task.objects.filter(priority__isnull=True).exists()
     assert set(Task.objects.filter(pk__in=chosen).values_list("priority", flat=True)) == {"urgent"}
-    assert_rule_applied_to(Task.objects.filter(pk__in=inserted), run.reference_date)
+    assert_rule_applied_to(Task.objects.filter(pk__in=inserted), reference_date(run))
 
 
 def hold_row_lock(pk: int) -> psycopg.Connection:
@@ -331,7 +311,8 @@ def test_a_batch_chosen_as_a_deadlock_victim_is_retried_and_overwrites_nothing(e
     app.execute(edit, [chosen[ids[5]], ids[5]])
     reports, outcome = [], {}
     backfill = in_thread(
-        lambda: backfill_priority(
+        lambda: fill(
+            PRIORITY,
             using="default",
             # A lock wait far longer than deadlock_timeout: the deadlock check comes first.
             policy=BatchPolicy(batch_size=10, lock_timeout_ms=60_000, backoff_seconds=0.1),
@@ -406,7 +387,8 @@ def test_a_batch_that_waits_on_a_lock_succeeds_once_the_lock_is_released(expand_
     release.start()
     attempts = []
     try:
-        run, result = backfill_priority(
+        run, result = fill(
+            PRIORITY,
             using="default",
             policy=BatchPolicy(batch_size=10, lock_timeout_ms=100, backoff_seconds=0.2),
             on_batch=lambda report: attempts.append(report.attempts),
@@ -446,7 +428,8 @@ def test_batch_settings_do_not_leak_into_the_session(expand_step):
         cursor.execute("SHOW lock_timeout")
         before = cursor.fetchone()[0]
 
-    backfill_priority(
+    fill(
+        PRIORITY,
         using="default",
         policy=BatchPolicy(batch_size=4, lock_timeout_ms=123),
     )

@@ -14,26 +14,26 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from tasks.backfill_control import (
-    RateMeter,
-    RunStateError,
-    cancel_run,
-    claim,
-    pause_run,
-    resume_run,
-    retry_run,
-)
-from tasks.models import BackfillLane, BackfillRun, BackfillRunEvent, Task
-from tasks.priority_backfill import PRIORITY_BACKFILL
-from tests.helpers import create_legacy_tasks
+from backfills import orchestration
+from backfills.controls import RunStateError, cancel_run, pause_run, resume_run, retry_run
+from backfills.leases import RateMeter, claim
+from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent
+from tests.conftest import rewind_to
+from tests.helpers import PRIORITY, model_at, priority_run_parameters
 
-RUNS = reverse("admin:tasks_backfillrun_changelist")
+# The priority rollout's steps ran the code of that time: its Task model, not today's.
+Task = model_at("tasks.Task", "0002_priority_expand")
+
+RUNS = reverse("admin:backfills_backfillrun_changelist")
 Status = BackfillRun.Status
 
 
 def make_run(status: str = Status.RUNNING, **fields) -> BackfillRun:
     return BackfillRun.objects.create(
-        name=PRIORITY_BACKFILL, status=status, reference_date=timezone.localdate(), **fields
+        name=PRIORITY.name,
+        status=status,
+        parameters=priority_run_parameters(timezone.localdate()),
+        **fields,
     )
 
 
@@ -46,13 +46,13 @@ def act(action, run: BackfillRun) -> BackfillRun:
 
 
 def legacy(count: int) -> None:
-    create_legacy_tasks([Task(title=f"legacy {i}") for i in range(count)])
+    Task.objects.bulk_create([Task(title=f"legacy {i}") for i in range(count)])
 
 
 def test_the_rate_is_measured_over_a_window_so_lanes_committing_together_do_not_spike_it(
     monkeypatch,
 ):
-    from tasks import backfill_control
+    from backfills import leases as backfill_control
 
     now = [100.0]
     monkeypatch.setattr(backfill_control.time, "monotonic", lambda: now[0])
@@ -149,7 +149,7 @@ def test_a_run_whose_process_stopped_renewing_its_lease_is_shown_stalled(setting
     )
 
     waiting = BackfillRun.objects.create(
-        name="another.backfill", status=Status.PENDING, reference_date=timezone.localdate(),
+        name="another.backfill", status=Status.PENDING, parameters={},
         background=True, updated_at=long_ago,
     )  # fmt: skip
 
@@ -163,7 +163,7 @@ def test_a_run_whose_process_stopped_renewing_its_lease_is_shown_stalled(setting
 
 @pytest.mark.django_db
 def test_a_new_owner_takes_over_an_expired_lease_and_the_old_one_loses_the_run():
-    from tasks.backfill import LeaseLost
+    from backfills.engine import LeaseLost
 
     run = make_run(Status.RUNNING)
     old = claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
@@ -265,14 +265,14 @@ def test_the_command_pauses_resumes_cancels_and_shows_the_run_table(expand_step)
         steer(no_progress=True)
     assert f"Run #{run.pk} is now pending." in steer(resume=True)
     assert f"Run #{run.pk} is now cancelled." in steer(cancel=True)
-    with pytest.raises(CommandError, match="no open priority backfill run to pause"):
+    with pytest.raises(CommandError, match="no open tasks.task.priority run to pause"):
         steer(pause=True)
     assert Task.objects.filter(priority__isnull=True).count() == 6  # nothing else was filled
     assert kinds(run) == ["created", "processing", "paused", "resumed", "cancelled"]
 
 
 def test_status_without_any_run_says_so(expand_step):
-    assert "No priority backfill has run on this database yet." in steer(status=True)
+    assert "No tasks.task.priority backfill has run on this database yet." in steer(status=True)
 
 
 @pytest.mark.parametrize(
@@ -351,14 +351,14 @@ def test_the_run_list_stops_reloading_once_every_run_is_finished(alice):
 
 def test_the_run_page_offers_the_actions_its_status_allows_and_applies_them(alice):
     run = make_run(Status.RUNNING)
-    page = reverse("admin:tasks_backfillrun_change", args=[run.pk])
+    page = reverse("admin:backfills_backfillrun_change", args=[run.pk])
 
     buttons = alice.get(page).content.decode()
     assert 'id="pause-run"' in buttons and 'id="cancel-run"' in buttons
     assert 'id="resume-run"' not in buttons and 'id="retry-run"' not in buttons
 
     response = alice.post(
-        reverse("admin:tasks_backfillrun_control", args=[run.pk, "pause"]), follow=True
+        reverse("admin:backfills_backfillrun_control", args=[run.pk, "pause"]), follow=True
     )
 
     assert BackfillRun.objects.get(pk=run.pk).status == Status.PAUSED
@@ -373,7 +373,7 @@ def test_the_run_page_shows_the_lanes_of_a_parallel_run_with_their_checkpoints(a
     BackfillLane.objects.create(run=run, number=1, after_key=0, upto_key=5000, last_key=1000)
     BackfillLane.objects.create(run=run, number=2, after_key=5000, last_key=5500, finished=True)
 
-    page = alice.get(reverse("admin:tasks_backfillrun_change", args=[run.pk])).content.decode()
+    page = alice.get(reverse("admin:backfills_backfillrun_change", args=[run.pk])).content.decode()
 
     cells = re.findall(r'<td class="field-(?:after|upto|last)_key">\s*<p>([^<]*)</p>', page)
     assert cells == ["0", "5000", "1000", "5000", "-", "5500"]
@@ -383,7 +383,7 @@ def test_the_run_page_shows_the_lanes_of_a_parallel_run_with_their_checkpoints(a
 def test_a_run_on_one_connection_shows_no_lanes(alice):
     run = make_run(Status.SUCCEEDED)
 
-    page = alice.get(reverse("admin:tasks_backfillrun_change", args=[run.pk])).content.decode()
+    page = alice.get(reverse("admin:backfills_backfillrun_change", args=[run.pk])).content.decode()
 
     assert "Backfill lanes" not in page and "Backfill run events" in page
 
@@ -402,9 +402,9 @@ def test_an_admin_action_in_the_wrong_state_shows_why_and_changes_nothing(alice)
 def test_without_the_control_permission_runs_are_shown_but_cannot_be_steered(viewer):
     run = make_run(Status.RUNNING)
 
-    page = viewer.get(reverse("admin:tasks_backfillrun_change", args=[run.pk])).content.decode()
-    control = viewer.post(reverse("admin:tasks_backfillrun_control", args=[run.pk, "pause"]))
-    start = viewer.post(reverse("admin:tasks_backfillrun_start"))
+    page = viewer.get(reverse("admin:backfills_backfillrun_change", args=[run.pk])).content.decode()
+    control = viewer.post(reverse("admin:backfills_backfillrun_control", args=[run.pk, "pause"]))
+    start = viewer.post(reverse("admin:backfills_backfillrun_start"))
     actions = viewer.post(RUNS, {"action": "pause_runs", "_selected_action": [run.pk]})
 
     assert f"#{run.pk}" in page and 'id="pause-run"' not in page
@@ -421,18 +421,23 @@ def test_only_operators_see_the_runs(client, demo_data):
 
 
 def test_start_from_the_admin_with_nothing_to_fill_says_so_and_writes_nothing(alice):
-    response = alice.post(reverse("admin:tasks_backfillrun_start"), follow=True)
+    response = alice.post(
+        reverse("admin:backfills_backfillrun_start"), {"name": PRIORITY.name}, follow=True
+    )
 
     assert "Nothing to backfill: no task has a NULL priority." in response.content.decode()
     assert not BackfillRun.objects.exists()
 
 
 @pytest.fixture
-def alice_at_expand(expand_step, client):
-    """alice logged in, on a database between the expand and contract steps."""
-    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
+def alice_at_expand(transactional_db, client):
+    """alice logged in, on a database between the priority rollout's expand and contract
+    steps (the demo data loaded before it was migrated back there)."""
+    rewind = rewind_to("0002_priority_expand", "demo")
+    next(rewind)
     client.force_login(get_user_model().objects.get(username="alice"))
-    return client
+    yield client
+    next(rewind, None)
 
 
 def test_start_from_the_admin_enqueues_the_run_for_task_workers(alice_at_expand):
@@ -441,7 +446,9 @@ def test_start_from_the_admin_enqueues_the_run_for_task_workers(alice_at_expand)
     alice = alice_at_expand
     legacy(5)
 
-    response = alice.post(reverse("admin:tasks_backfillrun_start"), follow=True)
+    response = alice.post(
+        reverse("admin:backfills_backfillrun_start"), {"name": PRIORITY.name}, follow=True
+    )
 
     run = BackfillRun.objects.get()
     assert (run.status, run.origin, run.started_by, run.background) == (
@@ -452,9 +459,13 @@ def test_start_from_the_admin_enqueues_the_run_for_task_workers(alice_at_expand)
     )
     task = DBTaskResult.objects.get()
     assert str(task.id) == run.worker_task_id and task.args_kwargs["kwargs"]["run_id"] == run.pk
-    assert f"Run #{run.pk} started on task workers" in response.content.decode()
-    again = alice.post(reverse("admin:tasks_backfillrun_start"), follow=True)
-    assert f"Run #{run.pk} carries on" in again.content.decode()
+    assert f"Run #{run.pk} of tasks.task.priority started on task workers" in (
+        response.content.decode()
+    )
+    again = alice.post(
+        reverse("admin:backfills_backfillrun_start"), {"name": PRIORITY.name}, follow=True
+    )
+    assert f"Run #{run.pk} of tasks.task.priority carries on" in again.content.decode()
 
 
 def run_worker_until_idle() -> None:
@@ -502,7 +513,7 @@ def test_a_worker_carries_out_a_run_started_in_the_background(expand_step):
 
 @pytest.mark.django_db
 def test_cancelling_a_run_whose_lease_lapsed_stops_its_still_living_process():
-    from tasks.backfill import LeaseLost
+    from backfills.engine import LeaseLost
 
     run = make_run(Status.RUNNING)
     alive = claim(run, owner="slow command", origin="command", using="default", lease_seconds=60)
@@ -517,13 +528,14 @@ def test_cancelling_a_run_whose_lease_lapsed_stops_its_still_living_process():
     assert BackfillRun.objects.get(pk=run.pk).rows_done == 0
 
 
-def test_steering_before_the_expand_step_says_which_migration_to_apply(transactional_db):
+def test_steering_before_the_run_ledger_exists_says_which_migration_to_apply(transactional_db):
     call_command("migrate", "tasks", "0001", verbosity=0)
+    call_command("migrate", "backfills", "zero", verbosity=0)
     try:
-        with pytest.raises(CommandError, match="migrate tasks 0002_priority_expand"):
+        with pytest.raises(CommandError, match="Run: manage.py migrate backfills"):
             steer(status=True)
     finally:
-        call_command("migrate", "tasks", verbosity=0)
+        call_command("migrate", verbosity=0)
 
 
 def test_background_with_a_broken_health_check_is_refused_and_writes_nothing(expand_step, settings):
@@ -539,7 +551,7 @@ def test_background_with_a_broken_health_check_is_refused_and_writes_nothing(exp
 
 
 def test_a_superseded_worker_task_does_nothing(expand_step):
-    from tasks.background import run_slice
+    from backfills.workers import run_slice
 
     legacy(5)
     steer(background=True)
@@ -552,7 +564,7 @@ def test_a_superseded_worker_task_does_nothing(expand_step):
 
 
 def test_slices_hand_the_run_over_to_their_successors(expand_step, settings):
-    from tasks.background import run_slice
+    from backfills.workers import run_slice
 
     # given: slices of ~0.3 s and batches of 50 with a pause, for 600 rows
     settings.BACKFILL_SLICE_SECONDS = 0.3
@@ -586,7 +598,7 @@ def test_resuming_a_background_run_starts_a_fresh_chain_of_tasks(expand_step):
     first_task = run.worker_task_id
 
     act(pause_run, run)
-    resumed = act(resume_run, run)
+    resumed = orchestration.steer(run, "resume", using="default", actor="tester", origin="command")
 
     assert resumed.status == Status.PENDING and resumed.worker_task_id != first_task
     assert DBTaskResult.objects.filter(id=resumed.worker_task_id).exists()

@@ -15,8 +15,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from tasks.models import BackfillRun, Task
-from tests.test_backfill_postgres import database_url, seed_legacy
+from backfills.models import BackfillRun
+from tasks.models import Task
+from tests.conftest import rewind_to
+from tests.test_backfill_postgres import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -83,14 +85,24 @@ def rows_done() -> int:
     return BackfillRun.objects.get().rows_done
 
 
+@pytest.fixture
+def demo_at_workspace_expand(transactional_db):
+    """The demo data, then tasks migrated back to the workspace rollout's expand step."""
+    rewind = rewind_to("0007_workspace_expand", "demo")
+    next(rewind)
+    yield
+    next(rewind, None)
+
+
 def test_an_operator_filters_sorts_and_runs_a_backfill_from_the_admin(
-    expand_step, live_server, browser, worker, settings
+    demo_at_workspace_expand, live_server, browser, worker, settings
 ):
     from playwright.sync_api import expect
 
-    # given: the demo data and 20,000 legacy tasks without a priority
-    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
-    seed_legacy(20_000)
+    # given: the demo data and 20,000 tasks written before the workspace column
+    call_command(
+        "seed", tasks=20_000, users=3, seed=7, without_workspace=True, no_progress=True, verbosity=0
+    )
     settings.BACKFILL_WORKER_BATCH_SIZE = 200
     page = browser
 
@@ -101,11 +113,21 @@ def test_an_operator_filters_sorts_and_runs_a_backfill_from_the_admin(
     page.click("input[type=submit]")
     expect(page.locator("#site-name")).to_be_visible()
 
-    # filter tasks by priority, then sort by priority
+    # the tasks no backfill has reached yet, then one workspace's tasks
+    page.goto(f"{live_server.url}/admin/tasks/task/")
+    page.get_by_role("link", name="Not set yet", exact=True).click()
+    page.wait_for_url("**workspace=none**")
+    expect(page.locator("#result_list")).to_be_visible()
+    assert set(page.locator("td.field-workspace_name").all_inner_texts()) == {"not set yet"}
+    page.goto(f"{live_server.url}/admin/tasks/task/")
+    page.get_by_role("link", name="Product", exact=True).click()
+    page.wait_for_url("**workspace=**")
+    assert set(page.locator("td.field-workspace_name").all_inner_texts()) == {"Product"}
+
+    # filter by priority, then sort by priority: by rank, not alphabetically
     page.goto(f"{live_server.url}/admin/tasks/task/")
     page.get_by_role("link", name="Urgent", exact=True).click()
     page.wait_for_url("**priority=urgent**")
-    expect(page.locator("#result_list")).to_be_visible()
     levels = page.locator("td.field-priority_level").all_inner_texts()
     assert levels and set(levels) == {"Urgent"}
     page.goto(f"{live_server.url}/admin/tasks/task/")
@@ -113,12 +135,13 @@ def test_an_operator_filters_sorts_and_runs_a_backfill_from_the_admin(
     page.wait_for_url("**o=**")
     expect(page.locator("#result_list")).to_be_visible()
     levels = page.locator("td.field-priority_level").all_inner_texts()
-    ranks = {"Urgent": 4, "High": 3, "Medium": 2, "Low": 1, "not set yet": 0}
+    ranks = {"Urgent": 4, "High": 3, "Medium": 2, "Low": 1}
     ordered = [ranks[level] for level in levels]
     assert ordered == sorted(ordered) or ordered == sorted(ordered, reverse=True)
 
-    # open the run list and start the backfill on the worker
-    page.goto(f"{live_server.url}/admin/tasks/backfillrun/")
+    # open the run list, choose the workspace backfill and start it on the worker
+    page.goto(f"{live_server.url}/admin/backfills/backfillrun/")
+    page.select_option("#start-backfill-name", "tasks.task.workspace")
     page.click("#start-backfill")
     expect(page.locator(".messagelist")).to_contain_text("started on task workers")
     deadline = time.monotonic() + 60
@@ -144,7 +167,7 @@ def test_an_operator_filters_sorts_and_runs_a_backfill_from_the_admin(
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "backfill-run.png"), full_page=True)
     run = BackfillRun.objects.get()
-    assert run.status == "succeeded" and run.rows_done == 20_000
-    assert not Task.objects.filter(priority__isnull=True).exists()
+    assert (run.name, run.status, run.rows_done) == ("tasks.task.workspace", "succeeded", 20_000)
+    assert not Task.objects.filter(workspace__isnull=True).exists()
     kinds = set(run.events.values_list("kind", flat=True))
     assert {"created", "enqueued", "processing", "paused", "resumed", "succeeded"} <= kinds

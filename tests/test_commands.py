@@ -5,20 +5,25 @@ from pathlib import Path
 import pytest
 from django.core.management import get_commands, load_command_class
 
-COMMANDS_DIR = Path(__file__).resolve().parent.parent / "tasks" / "management" / "commands"
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ("tasks", "backfills", "migration_safety")
 PROJECT_COMMANDS = sorted(
-    path.stem for path in COMMANDS_DIR.glob("*.py") if not path.stem.startswith("_")
+    (app, path.stem)
+    for app in APPS
+    for path in (ROOT / app / "management" / "commands").glob("*.py")
+    if not path.stem.startswith("_")
 )
 
 
 def test_the_project_has_its_commands():
-    assert {"seed"} <= set(PROJECT_COMMANDS)
-    assert all(get_commands()[name] == "tasks" for name in PROJECT_COMMANDS)
+    names = {name for _, name in PROJECT_COMMANDS}
+    assert {"seed", "backfill", "backfill_priority", "migrate", "rehearse"} <= names
+    assert all(get_commands()[name] == app for app, name in PROJECT_COMMANDS)
 
 
-@pytest.mark.parametrize("name", PROJECT_COMMANDS)
-def test_help_describes_the_command_and_its_options(name, capsys):
-    command = load_command_class("tasks", name)
+@pytest.mark.parametrize(("app", "name"), PROJECT_COMMANDS)
+def test_help_describes_the_command_and_its_options(app, name, capsys):
+    command = load_command_class(app, name)
 
     with pytest.raises(SystemExit) as exit_info:
         command.run_from_argv(["manage.py", name, "--help"])
@@ -30,7 +35,7 @@ def test_help_describes_the_command_and_its_options(name, capsys):
 
 
 @pytest.mark.django_db
-def test_task_stats_prints_the_count_of_every_status_and_priority(demo_data):
+def test_task_stats_prints_the_count_of_every_status_priority_and_workspace(demo_data):
     from io import StringIO
 
     from django.core.management import call_command
@@ -52,4 +57,8 @@ def test_task_stats_prints_the_count_of_every_status_and_priority(demo_data):
         ["Medium", "2"],
         ["Low", "1"],
         ["Not", "set", "yet", "0"],
+        ["Tasks", "by", "workspace"],
+        ["Business", "3"],
+        ["Default", "2"],
+        ["Product", "3"],
     ]

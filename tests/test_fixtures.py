@@ -6,7 +6,7 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.serializers.base import DeserializationError
 
-from tasks.models import Category, Task
+from tasks.models import Category, Task, Workspace
 
 pytestmark = pytest.mark.django_db
 
@@ -22,10 +22,15 @@ def counts() -> dict[str, int]:
 
 def test_fixtures_load_on_a_fresh_database():
     # when
-    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
+    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
 
     # then
     assert counts() == {"categories": 7, "groups": 4, "users": 3, "tasks": 8}
+    assert set(Workspace.objects.values_list("slug", flat=True)) == {
+        "default",
+        "product",
+        "business",
+    }
     assert set(Group.objects.values_list("name", flat=True)) == {
         "Admin",
         "Manager",
@@ -35,15 +40,16 @@ def test_fixtures_load_on_a_fresh_database():
     carol = get_user_model().objects.get(username="carol")
     assert carol.is_staff and list(carol.groups.values_list("name", flat=True)) == ["Member"]
     assert Task.objects.get(pk=2).category.slug == "engineering"
+    assert Task.objects.get(pk=2).workspace.slug == "product"  # the category's workspace
 
 
 def test_loading_the_fixtures_twice_creates_no_duplicates():
     # given
-    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
+    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
     first = counts()
 
     # when
-    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
+    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
 
     # then
     assert counts() == first
@@ -61,7 +67,7 @@ def test_roles_grant_permissions_by_natural_key():
 
 
 def test_operators_view_and_steer_backfill_runs_and_alice_is_one():
-    call_command("loaddata", "categories", "roles", "operators", "demo", verbosity=0)
+    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
 
     operators = Group.objects.get(name="Operators")
     alice = get_user_model().objects.get(username="alice")
@@ -70,8 +76,8 @@ def test_operators_view_and_steer_backfill_runs_and_alice_is_one():
         "view_backfillrun",
         "control_backfillrun",
     }
-    assert alice.has_perm("tasks.control_backfillrun")
-    assert not get_user_model().objects.get(username="bob").has_perm("tasks.view_backfillrun")
+    assert alice.has_perm("backfills.control_backfillrun")
+    assert not get_user_model().objects.get(username="bob").has_perm("backfills.view_backfillrun")
 
 
 def write_fixture(path, text: str):
@@ -83,7 +89,8 @@ def test_a_malformed_fixture_fails_clearly_and_loads_nothing(tmp_path):
     # given: a valid category followed by broken JSON
     broken = write_fixture(
         tmp_path / "broken.json",
-        '[{"model": "tasks.category", "fields": {"name": "A", "slug": "a"}}, {"model": ',
+        '[{"model": "tasks.category", '
+        '"fields": {"name": "A", "slug": "a", "workspace": ["default"]}}, {"model": ',
     )
 
     # when
@@ -96,10 +103,14 @@ def test_a_malformed_fixture_fails_clearly_and_loads_nothing(tmp_path):
 
 def test_a_fixture_naming_a_missing_category_fails_clearly_and_loads_nothing(tmp_path):
     # given: one good task, then one in a category that does not exist
-    task = {"title": "ok", "status": "todo", "created_at": "2026-01-01T00:00:00Z"}
+    task = {"title": "ok", "status": "todo", "workspace": ["default"]}
+    task["created_at"] = "2026-01-01T00:00:00Z"
     task["updated_at"] = task["created_at"]
     rows = [
-        {"model": "tasks.category", "fields": {"name": "Real", "slug": "real"}},
+        {
+            "model": "tasks.category",
+            "fields": {"name": "Real", "slug": "real", "workspace": ["default"]},
+        },
         {"model": "tasks.task", "pk": 1, "fields": {**task, "category": ["real"]}},
         {"model": "tasks.task", "pk": 2, "fields": {**task, "category": ["no-such-slug"]}},
     ]

@@ -9,8 +9,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 
-from tasks import migration_safety
-from tasks.backfill import column_state
+from backfills.inspection import column_state
+from migration_safety import blockers as migration_safety
 from tasks.models import Task
 from tests.test_backfill_postgres import conninfo
 
@@ -103,7 +103,7 @@ def test_ddl_runs_under_the_statement_timeout_but_scans_are_not_cut_off(at_initi
     seen: list[tuple[str, str]] = []
 
     def record(execute, sql, params, many, context):
-        if sql.startswith(("ALTER TABLE", "CREATE INDEX")):
+        if sql.lstrip().startswith(("ALTER TABLE", "CREATE INDEX")):
             with connection.cursor() as cursor:
                 cursor.execute("SELECT current_setting('statement_timeout')")
                 seen.append((" ".join(sql.split()[:6]), cursor.fetchone()[0]))

@@ -8,7 +8,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection, migrations, models
 from django.db.migrations.loader import MigrationLoader
 
-from tasks.migration_lint import lint_sql
+from migration_safety.lint import lint_sql, project_apps
+from migration_safety.operations import IgnoreLint
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 def sample_sql(*operations) -> str:
     """The SQL an (atomic) migration of ``operations`` on top of ours would run, as sqlmigrate
     prints it."""
-    state = MigrationLoader(connection).project_state(("tasks", "0005_priority_index"))
+    state = MigrationLoader(connection).project_state(("tasks", "0009_workspace_contract"))
     migration = migrations.Migration("9999_unsafe_sample", "tasks")
     migration.operations = list(operations)
     with connection.schema_editor(collect_sql=True, atomic=True) as editor:
@@ -34,7 +35,7 @@ def test_our_migrations_pass_the_lint():
 
     call_command("lint_migrations", stdout=out, stderr=StringIO())
 
-    assert "5 migrations linted with squawk: no problems." in out.getvalue()
+    assert "10 migrations linted with squawk: no problems." in out.getvalue()
 
 
 def test_a_plain_index_on_the_live_table_is_caught():
@@ -67,7 +68,7 @@ def test_the_command_fails_and_names_the_unsafe_migration(monkeypatch):
         migrations.AddIndex("task", models.Index(fields=["title"], name="tasks_task_title_idx"))
     )
     monkeypatch.setattr(
-        "tasks.management.commands.lint_migrations.migration_sql",
+        "migration_safety.management.commands.lint_migrations.migration_sql",
         lambda app_label, using: {"tasks.9999_unsafe_sample": unsafe},
     )
     err = StringIO()
@@ -78,3 +79,21 @@ def test_the_command_fails_and_names_the_unsafe_migration(monkeypatch):
     assert re.search(
         r"tasks\.9999_unsafe_sample:\d+: require-concurrent-index-creation", err.getvalue()
     )
+
+
+def test_a_migration_says_which_rule_it_breaks_knowingly_and_only_that_one_is_ignored():
+    index = migrations.AddIndex("task", models.Index(fields=["title"], name="tasks_task_title_idx"))
+    drop_default = migrations.AlterField("task", "priority", models.CharField(max_length=20))
+    ignored = IgnoreLint(rules=["require-concurrent-index-creation"], because="a test")
+
+    assert "require-concurrent-index-creation" in rules(sample_sql(index, drop_default))
+    assert "require-concurrent-index-creation" not in rules(
+        sample_sql(ignored, index, drop_default)
+    )
+    assert rules(sample_sql(ignored, index, drop_default)) != set()
+
+
+def test_by_default_every_app_of_the_project_is_linted_and_an_unknown_one_is_refused():
+    assert project_apps() == ["backfills", "tasks"]
+    with pytest.raises(CommandError, match="No installed app is labelled 'nope'"):
+        call_command("lint_migrations", "nope", stdout=StringIO(), stderr=StringIO())

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from tasks.models import Task
 from tasks.priority import Priority, PriorityRule
 from tasks.services import task_create
-from tests.helpers import create_legacy_tasks
 
 TODAY = datetime.date(2026, 3, 10)
 DAY = datetime.timedelta(days=1)
@@ -78,15 +77,15 @@ def test_the_database_expression_agrees_with_the_python_twin(today, shapes):
         assert by_database == rule.for_task(status=status, due_date=due_date)
 
 
-def test_sorting_by_priority_follows_rank_not_the_alphabet(expand_step):
+@pytest.mark.django_db
+def test_sorting_by_priority_follows_rank_not_the_alphabet():
     for title, priority in [("a", "low"), ("b", "urgent"), ("c", "medium"), ("d", "high")]:
         task_create(title=title)
         Task.objects.filter(title=title).update(priority=priority)
-    create_legacy_tasks([Task(title="e")])  # not backfilled yet
 
     ordered = Task.objects.order_by_priority().values_list("priority", flat=True)
 
-    assert list(ordered) == ["urgent", "high", "medium", "low", None]
+    assert list(ordered) == ["urgent", "high", "medium", "low"]
 
 
 @pytest.mark.django_db
@@ -115,11 +114,12 @@ def test_a_given_priority_is_kept():
     assert task.priority == "urgent"
 
 
-def test_editing_a_legacy_row_writes_its_priority_even_with_update_fields(expand_step):
-    # given: a row written before the column existed (NULL priority)
-    create_legacy_tasks([Task(title="legacy", status="done")])
+@pytest.mark.django_db
+def test_editing_a_row_read_without_a_priority_writes_it_even_with_update_fields():
+    # given: a task as it was read before the contract step, while its priority was NULL
+    task_create(title="legacy", status="done")
     task = Task.objects.get(title="legacy")
-    assert task.priority is None
+    task.priority = None
 
     # when: code saves only the title
     task.title = "legacy, edited"

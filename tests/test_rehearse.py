@@ -1,5 +1,6 @@
 """manage.py rehearse: the rollout under live traffic, and the report that must not lie."""
 
+import dataclasses
 import json
 from collections import Counter
 from io import StringIO
@@ -7,9 +8,12 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from tasks.management.commands import rehearse as rehearse_command
-from tasks.rehearsal import ROLLOUT, EndState, RehearsalReport, Step, StepReport
+from migration_safety.rehearsal import EndState, RehearsalReport, StepReport
+from migration_safety.rollouts import Step, get_rollout, register, unregister
 from tests.conftest import IS_POSTGRES
+
+PRIORITY_ROLLOUT = get_rollout("priority")
+WORKSPACE_ROLLOUT = get_rollout("workspace")
 
 
 @pytest.fixture
@@ -22,7 +26,7 @@ def server(django_db_blocker):
         yield
 
 
-GOOD_END = EndState(null_rows=0, not_null=True, column_default="'medium'", index_valid=True)
+GOOD_END = EndState(null_rows=0, not_null=True, column_default="'medium'", indexes_valid=True)
 
 
 def report_with(step: StepReport, end_state: EndState | None = GOOD_END) -> RehearsalReport:
@@ -69,9 +73,13 @@ def test_a_slow_read_that_did_not_wait_is_reported_but_is_no_stall():
 
 def test_a_wrong_end_state_or_an_unfinished_rollout_fails_the_rehearsal():
     step = StepReport(name="index", command="migrate")
-    invalid_index = EndState(null_rows=0, not_null=True, column_default="", index_valid=False)
+    invalid_index = EndState(null_rows=0, not_null=True, column_default="", indexes_valid=False)
+    not_validated = EndState(
+        null_rows=0, not_null=True, column_default="", indexes_valid=True, constraints_valid=False
+    )
 
     assert "end state is wrong" in report_with(step, invalid_index).problems()[0]
+    assert "end state is wrong" in report_with(step, not_validated).problems()[0]
     assert report_with(step, None).problems() == ["the rollout did not reach its end"]
 
 
@@ -93,6 +101,7 @@ def test_percentiles_are_nearest_rank():
         ("blocker_seconds", "-1", "--blocker-seconds must be at least 0"),
         ("baseline_seconds", "soon", "--baseline-seconds must be a number"),
         ("database", "nope", "Unknown database 'nope'"),
+        ("rollout", "nope", "no rollout named 'nope' is registered .known: priority, workspace"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_created(option, value, message):
@@ -117,7 +126,7 @@ def test_the_rollout_under_traffic_fails_no_query_and_ends_contracted_and_indexe
     # then
     report = json.loads(out.getvalue())
     steps = {step["step"]: step for step in report["steps"]}
-    assert list(steps) == ["baseline", *(step.name for step in ROLLOUT), "after"]
+    assert list(steps) == ["baseline", *(step.name for step in PRIORITY_ROLLOUT.steps), "after"]
     assert report["ok"] and report["problems"] == []
     for step in steps.values():
         assert step["queries"] > 0, step
@@ -132,32 +141,73 @@ def test_the_rollout_under_traffic_fails_no_query_and_ends_contracted_and_indexe
         "null_rows": 0,
         "not_null": True,
         "column_default": "'medium'::character varying",
-        "index_valid": True,
+        "indexes_valid": True,
+        "constraints_valid": True,
     }
     assert "[5/6] index" in progress.getvalue()
 
 
 @pytest.mark.postgres
-def test_a_rollout_that_breaks_running_code_is_reported_and_exits_non_zero(server, monkeypatch):
-    # given: the expand step rolled back while the new code that writes priority is running
-    unsafe = (
-        ROLLOUT[0],
-        Step("roll back expand", ("migrate", "tasks", "0001_initial")),
-    )
-    monkeypatch.setattr(rehearse_command, "ROLLOUT", unsafe)
+def test_the_workspace_rollout_under_traffic_fails_no_query_and_ends_validated(server):
+    # given: 20,000 rows written before the workspace column, traffic, a blocker during expand
     out = StringIO()
 
     # when
-    with pytest.raises(CommandError) as failure:
-        call_command(
-            "rehearse",
-            tasks="2000",
-            blocker_seconds="0",
-            baseline_seconds="0.5",
-            json=True,
-            stdout=out,
-            stderr=StringIO(),
-        )
+    call_command(
+        "rehearse", rollout="workspace", tasks="20000", json=True, stdout=out, stderr=StringIO()
+    )
+
+    # then: every step, old code retired before the data migration, no query failed or stalled
+    report = json.loads(out.getvalue())
+    steps = {step["step"]: step for step in report["steps"]}
+    assert list(steps) == ["baseline", *(step.name for step in WORKSPACE_ROLLOUT.steps), "after"]
+    assert report["ok"] and report["problems"] == []
+    for step in steps.values():
+        assert step["queries"] > 0, step
+        assert step["failed_queries"] == 0, step["errors"]
+        assert step["longest_lock_wait_ms"] <= report["settings"]["stall_limit_ms"], step
+    assert "old insert" in steps["backfill"]["slowest_ms_by_kind"]
+    assert "old insert" not in steps["contract"]["slowest_ms_by_kind"]
+    assert steps["expand"]["migration_lock_retries"] >= 1
+    assert steps["backfill"]["rows_backfilled"] >= 20_000
+    assert report["end_state"] == {
+        "null_rows": 0,
+        "not_null": True,
+        "column_default": "",
+        "indexes_valid": True,
+        "constraints_valid": True,
+    }
+
+
+@pytest.mark.postgres
+def test_a_rollout_that_breaks_running_code_is_reported_and_exits_non_zero(server):
+    # given: the expand step rolled back while the new code that writes priority is running
+    unsafe = dataclasses.replace(
+        PRIORITY_ROLLOUT,
+        name="unsafe",
+        steps=(
+            PRIORITY_ROLLOUT.steps[0],
+            Step("roll back expand", ("migrate", "tasks", "0001_initial")),
+        ),
+    )
+    register(unsafe)
+    out = StringIO()
+
+    # when
+    try:
+        with pytest.raises(CommandError) as failure:
+            call_command(
+                "rehearse",
+                rollout="unsafe",
+                tasks="2000",
+                blocker_seconds="0",
+                baseline_seconds="0.5",
+                json=True,
+                stdout=out,
+                stderr=StringIO(),
+            )
+    finally:
+        unregister("unsafe")
 
     # then
     report = json.loads(out.getvalue())

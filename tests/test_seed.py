@@ -13,8 +13,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tasks.models import Category, Task
+from tasks.models import Category, Task, Workspace
 from tasks.seeding import PROTOTYPE_POOL_SIZE
+from tests.conftest import rewind_to
 from tests.helpers import Terminal
 
 pytestmark = pytest.mark.django_db
@@ -222,9 +223,36 @@ def test_seeded_tasks_get_their_priority_from_the_rule():
 
 
 def test_without_priority_writes_tasks_as_the_old_code_did(expand_step):
-    seed(tasks=120, users=2, seed=8, without_priority=True)
+    seed(tasks=120, users=2, seed=8, without_priority=True, without_workspace=True)
 
     assert Task.objects.filter(priority__isnull=True).count() == 120
+
+
+def test_without_workspace_writes_tasks_as_the_old_code_did(workspace_expand_step):
+    seed(tasks=120, users=2, seed=8, without_workspace=True)
+
+    assert Task.objects.filter(workspace__isnull=True).count() == 120
+    assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_seeded_tasks_belong_to_their_categorys_workspace_or_the_default_one(reference_data):
+    seed(tasks=400, users=2, seed=3)
+
+    tasks = Task.objects.select_related("category", "workspace")
+    assert {task.workspace_id for task in tasks if task.category} == set(
+        Category.objects.values_list("workspace", flat=True)
+    )
+    for task in tasks:
+        expected = task.category.workspace_id if task.category else Workspace.objects.default_id()
+        assert task.workspace_id == expected
+    assert any(task.category is None for task in tasks)
+
+
+def test_without_workspace_is_refused_once_the_column_is_not_null():
+    with pytest.raises(CommandError, match="workspace is NOT NULL here"):
+        seed(tasks=10, without_workspace=True)
+
+    assert Task.objects.count() == 0
 
 
 def test_without_priority_is_refused_once_the_column_is_not_null():
@@ -234,14 +262,25 @@ def test_without_priority_is_refused_once_the_column_is_not_null():
     assert Task.objects.count() == 0
 
 
-def test_seeding_before_the_expand_step_needs_without_priority(transactional_db):
-    call_command("migrate", "tasks", "0001", verbosity=0)
+@pytest.mark.parametrize(
+    ("step", "flags", "message"),
+    [
+        ("0001_initial", {"without_workspace": True}, "pass --without-priority"),
+        ("0001_initial", {"without_priority": True}, "pass --without-workspace"),
+        ("0005_priority_index", {}, "pass --without-workspace"),
+    ],
+)
+def test_seeding_before_an_expand_step_needs_its_without_flag(
+    transactional_db, step, flags, message
+):
+    rewind = rewind_to(step)
+    next(rewind)
     try:
-        with pytest.raises(CommandError, match="pass --without-priority"):
-            seed(tasks=10)
-        seed(tasks=10, users=1, seed=1, without_priority=True)
+        with pytest.raises(CommandError, match=message):
+            seed(tasks=10, **flags)
+        seed(tasks=10, users=1, seed=1, without_priority=step < "0002", without_workspace=True)
         with connection.cursor() as cursor:
             cursor.execute("SELECT COUNT(*) FROM tasks_task")
             assert cursor.fetchone()[0] == 10
     finally:
-        call_command("migrate", "tasks", verbosity=0)
+        next(rewind, None)

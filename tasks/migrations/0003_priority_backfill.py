@@ -1,14 +1,15 @@
 """Step 4 of the priority rollout: finish the backfill for databases where the command was not run.
 
-Runs the same engine as ``manage.py backfill_priority`` (resuming its open run, with the same
-reference date), in batches that each commit on their own: the migration is not atomic, so it
-never holds row locks on the whole table. Where the command already finished, only the check
-that no NULL is left runs.
+The same backfill as ``manage.py backfill tasks.task.priority``, named by its registered name
+(resuming its open run, with the same reference date), in batches that each commit on their own:
+the migration is not atomic, so it never holds row locks on the whole table. Where the command
+already finished, only the check that no NULL is left runs. Reversing keeps the filled values:
+they are valid in the expand state, and erasing them would only force the backfill to be redone.
 """
 
 from django.db import migrations
 
-import tasks.priority_backfill
+from backfills.operations import RunBackfill
 
 
 class Migration(migrations.Migration):
@@ -19,9 +20,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # Reversing keeps the filled values: they are valid in the expand state, and erasing
-        # them would only force the backfill to be redone.
-        migrations.RunPython(
-            tasks.priority_backfill.backfill_priority_in_migration, migrations.RunPython.noop
-        ),
+        RunBackfill("tasks.task.priority"),
     ]

@@ -4,18 +4,18 @@ Order matters while code that predates the column may still be running:
 
 1. the database default first (metadata only), so that INSERTs that never name ``priority``
    get "medium" instead of NULL from now on;
-2. a catch-up backfill of the NULL rows written since the backfill ran (same engine, batches
+2. a catch-up backfill of the NULL rows written since the backfill ran (same backfill, batches
    committed one by one);
 3. NOT NULL, on PostgreSQL via CHECK ... NOT VALID -> VALIDATE -> SET NOT NULL, so the table is
-   never scanned under ACCESS EXCLUSIVE (see tasks/migration_operations.py).
+   never scanned under ACCESS EXCLUSIVE (migration_safety.operations.AlterFieldSetNotNull).
 
 Not atomic: each step commits on its own and releases its lock at once.
 """
 
 from django.db import migrations, models
 
-import tasks.migration_operations
-import tasks.priority_backfill
+from backfills.operations import RunBackfill
+from migration_safety.operations import AlterFieldSetNotNull
 
 PRIORITY_CHOICES = [("low", "Low"), ("medium", "Medium"), ("high", "High"), ("urgent", "Urgent")]
 HELP_TEXT = "Leave empty to derive it from the status and due date."
@@ -42,10 +42,8 @@ class Migration(migrations.Migration):
             ),
         ),
         # Reversing keeps the filled values (valid in every earlier state).
-        migrations.RunPython(
-            tasks.priority_backfill.backfill_priority_in_migration, migrations.RunPython.noop
-        ),
-        tasks.migration_operations.AlterFieldSetNotNull(
+        RunBackfill("tasks.task.priority"),
+        AlterFieldSetNotNull(
             model_name="task",
             name="priority",
             field=models.CharField(

@@ -6,7 +6,7 @@ build; hence not atomic (CONCURRENTLY cannot run in a transaction). An ordinary 
 
 from django.db import migrations, models
 
-import tasks.migration_operations
+from migration_safety.operations import AddIndexSafely
 
 
 class Migration(migrations.Migration):
@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        tasks.migration_operations.AddIndexSafely(
+        AddIndexSafely(
             model_name="task",
             index=models.Index(fields=["priority", "due_date"], name="tasks_task_priority_due_idx"),
         ),

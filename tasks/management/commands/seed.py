@@ -4,16 +4,24 @@ import secrets
 
 from django.core.management.base import CommandError, CommandParser
 
-from tasks.backfill import column_state
-from tasks.management.base import ProjectCommand
-from tasks.models import Task
+from backfills.inspection import column_state
+from commandline.base import CheckedCommand
+from tasks.models import Category, Task
 from tasks.seeding import seed
 
+# The columns that arrived on the live table, each with the flag that leaves it out, the
+# migration that adds it and the last one before it is NOT NULL.
+ROLLED_OUT = {
+    "priority": ("--without-priority", "0002_priority_expand", "0003_priority_backfill"),
+    "workspace": ("--without-workspace", "0007_workspace_expand", "0008_workspace_backfill"),
+}
 
-class Command(ProjectCommand):
+
+class Command(CheckedCommand):
     help = (
         "Create users and tasks from the factories, loading the reference fixtures "
-        "(categories, roles) first if they are missing. The same --seed gives the same data."
+        "(workspaces, categories, roles) first if they are missing. The same --seed gives the "
+        "same data."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,12 +35,13 @@ class Command(ProjectCommand):
             default="5000",
             help="Tasks written per transaction (default: 5000).",
         )
-        parser.add_argument(
-            "--without-priority",
-            action="store_true",
-            help="Write tasks as the application did before the priority column existed "
-            "(priority left NULL), to rehearse the backfill. Refused once priority is NOT NULL.",
-        )
+        for field, (flag, _, _) in ROLLED_OUT.items():
+            parser.add_argument(
+                flag,
+                action="store_true",
+                help=f"Write tasks as the application did before the {field} column existed "
+                f"({field} left NULL), to rehearse its backfill. Refused once {field} is NOT NULL.",
+            )
         self.add_progress_argument(parser)
         self.add_database_argument(parser)
 
@@ -45,21 +54,8 @@ class Command(ProjectCommand):
             seed_value = secrets.randbelow(2**31)
         seed_value = self.int_option("seed", seed_value, minimum=0)
         using = self.database_alias(options["database"])
-        self.require_migrated(using)
-        with_priority = not options["without_priority"]
-        state = column_state(Task, "priority", using=using)
-        if not with_priority and state == "not null":
-            raise CommandError(
-                "--without-priority writes tasks with a NULL priority, but priority is NOT NULL "
-                "here (the contract migration 0004 is applied). Seed without --without-priority, "
-                f"or migrate back first: manage.py migrate tasks 0003 --database {using}"
-            )
-        if with_priority and state == "missing":
-            raise CommandError(
-                "The priority column does not exist yet. Apply the expand step "
-                f"(manage.py migrate tasks 0002_priority_expand --database {using}) or pass "
-                "--without-priority to seed tasks as the application wrote them before it."
-            )
+        self.require_tables(using, Task, Category)
+        written = {field: self.check_column(field, options, using) for field in ROLLED_OUT}
 
         with self.progress_bar(total=tasks, unit="task", enabled=not options["no_progress"]) as bar:
             result = seed(
@@ -68,12 +64,13 @@ class Command(ProjectCommand):
                 seed=seed_value,
                 batch_size=batch_size,
                 using=using,
-                with_priority=with_priority,
+                with_priority=written["priority"],
+                with_workspace=written["workspace"],
                 on_batch=bar.update,
             )
 
         if result.loaded_reference_data and options["verbosity"] >= 1:
-            self.stdout.write("Loaded the reference fixtures (categories, roles).")
+            self.stdout.write("Loaded the reference fixtures (workspaces, categories, roles).")
         if options["verbosity"] >= 1:
             self.stdout.write(
                 self.style.SUCCESS(
@@ -82,3 +79,23 @@ class Command(ProjectCommand):
                     f"seed {seed_value}."
                 )
             )
+
+    def check_column(self, field: str, options, using: str) -> bool:
+        """Whether to write ``field``: refuse a flag the schema does not allow, or a column
+        that is not there yet without its flag."""
+        flag, expand, nullable = ROLLED_OUT[field]
+        leave_out = options[flag.lstrip("-").replace("-", "_")]
+        state = column_state(Task, field, using=using)
+        if leave_out and state == "not null":
+            raise CommandError(
+                f"{flag} writes tasks with a NULL {field}, but {field} is NOT NULL here (its "
+                f"contract migration is applied). Seed without {flag}, or migrate back first: "
+                f"manage.py migrate tasks {nullable} --database {using}"
+            )
+        if not leave_out and state == "missing":
+            raise CommandError(
+                f"The {field} column does not exist yet. Apply its expand step (manage.py "
+                f"migrate tasks {expand} --database {using}) or pass {flag} to seed tasks as "
+                "the application wrote them before it."
+            )
+        return not leave_out

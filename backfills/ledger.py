@@ -1,0 +1,152 @@
+"""The run ledger's rows as the engine and the operators see them: finding and opening a
+backfill's run, its plain checkpoint, its history.
+
+These work on the current models and on a migration's historical ones (``run_model``), so the
+data migrations keep one ledger with the command and the workers.
+"""
+
+import getpass
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from django.db import models, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from backfills.models import OPEN_STATUSES, BackfillRun, BackfillRunEvent
+
+logger = logging.getLogger(__name__)
+# What a process working on a run is told to do by the run's status (Checkpoint.control()).
+CONTROL_BY_STATUS = {"paused": "pause", "cancelling": "cancel", "cancelled": "cancel"}
+
+
+def failure_fields(error: str) -> dict[str, Any]:
+    """What a run's row records when it fails: the status and the error, with its time."""
+    now = timezone.now()
+    return {
+        "status": "failed",
+        "last_error": f"{now:%Y-%m-%d %H:%M:%S} {error}",
+        "last_error_at": now,
+    }
+
+
+def find_open_run(
+    run_model: type[models.Model], *, name: str, using: str, for_update: bool = False
+) -> models.Model | None:
+    """The open (running or failed) run of backfill ``name``, if any."""
+    runs = run_model._default_manager.using(using)
+    if for_update:
+        runs = runs.select_for_update()
+    return runs.filter(name=name, status__in=OPEN_STATUSES).order_by("-pk").first()
+
+
+def open_run(
+    run_model: type[models.Model],
+    *,
+    name: str,
+    using: str,
+    parameters: Callable[[], dict[str, Any]],
+    restart: bool = False,
+    status: str = "running",
+    **fields: Any,
+) -> tuple[models.Model, bool]:
+    """Return the open run of backfill ``name`` to resume, or a new one; and whether it resumed.
+
+    A resumed run keeps its parameters; a new one gets ``parameters()``. ``restart`` cancels the
+    open run and starts anew. A new run gets ``status`` and ``fields``; a resumed one becomes
+    "running" unless ``status`` is "pending" (a run left for a worker to pick up).
+    """
+    manager = run_model._default_manager.db_manager(using)
+    with transaction.atomic(using=using):
+        current = find_open_run(run_model, name=name, using=using, for_update=True)
+        if current is not None and not restart:
+            if status == "running":
+                manager.filter(pk=current.pk).update(status="running", updated_at=timezone.now())
+                current.refresh_from_db(using=using)
+            return current, True
+        if current is not None:
+            # A new generation, where the run record has one: a process still writing to the
+            # cancelled run is stopped by its next checkpoint (backfills/leases.py).
+            generation = (
+                {"generation": F("generation") + 1}
+                if any(field.name == "generation" for field in run_model._meta.fields)
+                else {}
+            )
+            manager.filter(pk=current.pk).update(
+                status="cancelled",
+                finished_at=timezone.now(),
+                updated_at=timezone.now(),
+                **generation,
+            )
+        run = manager.create(name=name, status=status, parameters=parameters(), **fields)
+        return run, False
+
+
+class RunCheckpoint:
+    """A :class:`~backfills.engine.Checkpoint` kept in a run's row (``BackfillRun``, or its
+    historical model in a migration), written in the same transaction as each batch."""
+
+    def __init__(self, run: models.Model, *, using: str) -> None:
+        self.run = run
+        self.using = using
+        self.last_key = run.last_key
+
+    def _update(self, **values: Any) -> None:
+        type(self.run)._default_manager.using(self.using).filter(pk=self.run.pk).update(
+            updated_at=timezone.now(), **values
+        )
+
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
+        self._update(last_key=last_key, rows_done=F("rows_done") + rows, batches=F("batches") + 1)
+        self.last_key = last_key
+
+    def record_failure(self, error: str) -> None:
+        self._update(**failure_fields(error))
+
+    def record_success(self) -> None:
+        self._update(status="succeeded", finished_at=timezone.now(), last_error="")
+
+    def record_cancelled(self) -> None:
+        self._update(status="cancelled", finished_at=timezone.now())
+
+    def record_throttle(self, reason: str) -> None:
+        logger.info("backfill %s backs off: %s", self.run.name, reason)
+
+    def rewind(self, last_key: Any) -> None:
+        self._update(last_key=last_key)
+        self.last_key = last_key
+
+    def control(self) -> str:
+        """What operators asked for, from the run's status."""
+        status = (
+            type(self.run)
+            ._default_manager.using(self.using)
+            .filter(pk=self.run.pk)
+            .values_list("status", flat=True)
+            .first()
+        )
+        return CONTROL_BY_STATUS.get(status, "run")
+
+    def heartbeat(self) -> None:
+        self._update()
+
+
+def record_event(
+    run: BackfillRun, kind: str, *, using: str, actor: str = "", origin: str = "", message: str = ""
+) -> BackfillRunEvent:
+    """Add one line to the run's history."""
+    return BackfillRunEvent.objects.using(using).create(
+        run_id=run.pk, kind=kind, actor=actor[:150], origin=origin, message=message
+    )
+
+
+def process_name(role: str) -> str:
+    """Who is acting, for leases and events: the role, the OS user, the host and the pid."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{role} {user}@{socket.gethostname()} pid {os.getpid()}"

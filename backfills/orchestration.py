@@ -1,0 +1,297 @@
+"""The one orchestration of backfill runs, used by the command, the admin, the workers' callers
+and the migration operations: open or resume a run, estimate it, fill it here or start it on
+task workers, steer it, and finish it inside a migration.
+
+Every function takes a registered :class:`~backfills.registry.BackfillDefinition` and knows
+nothing else about the column.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+
+from backfills.controls import CONTROLS, RunStateError
+from backfills.engine import (
+    BackfillBusy,
+    BackfillResult,
+    BatchPolicy,
+    BatchReport,
+    HealthCheck,
+    run_backfill,
+)
+from backfills.inspection import column_state, estimate_pending, migration_adding, preview
+from backfills.lanes import check_workers
+from backfills.leases import exclusive_run, process_run
+from backfills.ledger import RunCheckpoint, find_open_run, open_run, process_name, record_event
+from backfills.models import BackfillRun
+from backfills.registry import BackfillDefinition
+from backfills.workers import enqueue_slice
+
+Status = BackfillRun.Status
+
+
+def pending_rows(definition: BackfillDefinition, *, using: str) -> models.QuerySet:
+    """The rows that still need the value (a queryset: count or test it)."""
+    return definition.model_class()._default_manager.using(using).filter(definition.pending)
+
+
+def column_of(definition: BackfillDefinition, *, using: str) -> str:
+    """``"missing"``, ``"nullable"`` or ``"not null"``: the definition's column now."""
+    return column_state(definition.model_class(), definition.field, using=using)
+
+
+def missing_column_message(definition: BackfillDefinition, *, using: str) -> str:
+    """What to do when the column does not exist yet: apply the migration that adds it."""
+    model = definition.model_class()
+    migration = migration_adding(model, definition.field, using=using)
+    target = f"migrate {migration}" if migration else "migrate"
+    return (
+        f"{model._meta.db_table}.{definition.field} does not exist in database {using!r} yet. "
+        f"Apply the expand step first: manage.py {target} --database {using}"
+    )
+
+
+def nothing_pending_message(definition: BackfillDefinition) -> str:
+    """What to say when no row needs the value: "no task has a NULL priority"."""
+    model = definition.model_class()
+    return f"Nothing to backfill: no {model._meta.verbose_name} has {definition.pending_label}."
+
+
+def dry_run(
+    definition: BackfillDefinition, *, using: str, restart: bool
+) -> tuple[dict[str, Any], dict[Any, int]]:
+    """The parameters a run would use now, and how many pending rows would get each value.
+
+    Reads only: the open run's parameters unless ``restart``, else a new run's.
+    """
+    model = definition.model_class()
+    current = None if restart else find_open_run(BackfillRun, name=definition.name, using=using)
+    parameters = (
+        current.parameters if current is not None else definition.new_parameters(model, using=using)
+    )
+    return parameters, preview(definition.backfill(model, parameters), using=using)
+
+
+def fill(
+    definition: BackfillDefinition,
+    *,
+    using: str,
+    policy: BatchPolicy,
+    restart: bool = False,
+    origin: str = BackfillRun.Origin.COMMAND,
+    started_by: str = "",
+    health: HealthCheck | None = None,
+    lease_seconds: float | None = None,
+    on_start: Callable[[BackfillRun, bool, int], None] | None = None,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    workers: int = 1,
+) -> tuple[BackfillRun | None, BackfillResult]:
+    """Fill the pending rows in this process, resuming the open run unless ``restart``; with
+    ``workers`` connections in parallel lanes (PostgreSQL).
+
+    Returns the run (None when there was nothing to do and no run to resume) and what this
+    call did. ``on_start`` is told the run, whether it resumed, and the rows pending. While
+    paused it waits for resume or cancel. Raises :class:`~backfills.engine.BackfillBusy` if
+    another process holds the run, :class:`~backfills.controls.RunStateError` if it is paused
+    (resume it first), ValueError if ``workers`` cannot work on this database,
+    :class:`~backfills.registry.BackfillNotReady` if a new run's parameters cannot be fixed.
+    """
+    check_workers(workers, using=using)
+    model = definition.model_class()
+    # Held across the checks, so that a refused start writes nothing.
+    with exclusive_run(definition.name, using=using) as exclusive:
+        pending = pending_rows(definition, using=using).count()
+        current = find_open_run(BackfillRun, name=definition.name, using=using)
+        if current is not None and current.status == Status.PAUSED and not restart:
+            raise RunStateError(
+                f"Run #{current.pk} is paused. Resume it (manage.py backfill {definition.name} "
+                f"--resume --database {using}) or start over with --restart."
+            )
+        if current is not None and current.lease_is_live and not exclusive:
+            raise BackfillBusy(
+                f"run #{current.pk} is being processed by {current.lease_owner} (lease until "
+                f"{current.lease_expires_at:%H:%M:%S}); pause or cancel it there, or wait"
+            )
+        if pending == 0 and current is None:
+            return None, BackfillResult(finished=True, stopped="finished")
+        run, resumed = _open(
+            definition,
+            using=using,
+            restart=restart,
+            origin=origin,
+            started_by=started_by,
+            batch_size=policy.batch_size,
+            workers=workers,
+        )
+        if on_start is not None:
+            on_start(run, resumed, pending)
+        result = process_run(
+            run,
+            definition.backfill(model, run.parameters),
+            policy,
+            owner=process_name(origin),
+            origin=origin,
+            using=using,
+            lease_seconds=lease_seconds or settings.BACKFILL_LEASE_SECONDS,
+            health=health,
+            on_batch=on_batch,
+            sleep=sleep,
+            workers=workers,
+        )
+        run.refresh_from_db(using=using)
+        return run, result
+
+
+def start_on_workers(
+    definition: BackfillDefinition,
+    *,
+    using: str,
+    origin: str,
+    started_by: str,
+    restart: bool = False,
+    workers: int = 1,
+) -> tuple[BackfillRun, bool]:
+    """Start (or carry on) the backfill on task workers; return the run and whether it was
+    already open. The run and its first task are written together, or not at all. Each of the
+    run's worker tasks fills it with ``workers`` connections in parallel lanes.
+
+    Raises RunStateError when there is nothing to start (or the column is not there yet),
+    ValueError when ``workers`` cannot work on this database, BackfillNotReady when a new run's
+    parameters cannot be fixed.
+    """
+    check_workers(workers, using=using)
+    state = column_of(definition, using=using)
+    if state == "missing":
+        raise RunStateError(missing_column_message(definition, using=using))
+    with transaction.atomic(using=using):
+        current = find_open_run(BackfillRun, name=definition.name, using=using, for_update=True)
+        if current is not None and (current.lease_is_live or current.status == Status.CANCELLING):
+            raise RunStateError(
+                f"Run #{current.pk} is {current.status} "
+                f"({current.lease_owner or 'being cancelled'}). Pause or cancel it first; "
+                "nothing was changed."
+            )
+        if current is not None and current.status == Status.PAUSED and not restart:
+            raise RunStateError(f"Run #{current.pk} is paused: resume it instead.")
+        if current is None and (
+            state == "not null" or not pending_rows(definition, using=using).exists()
+        ):
+            raise RunStateError(nothing_pending_message(definition))
+        run, resumed = _open(
+            definition,
+            using=using,
+            restart=restart,
+            origin=origin,
+            started_by=started_by,
+            batch_size=settings.BACKFILL_WORKER_BATCH_SIZE,
+            background=True,
+            workers=workers,
+        )
+        enqueue_slice(run, using=using)
+    return run, resumed
+
+
+def _open(
+    definition: BackfillDefinition,
+    *,
+    using: str,
+    restart: bool,
+    origin: str,
+    started_by: str,
+    batch_size: int,
+    workers: int,
+    background: bool = False,
+) -> tuple[BackfillRun, bool]:
+    """The open run to carry on, or a new one; with its estimate of the rows left, and its
+    creation recorded. ``background`` runs are left pending for task workers. ``workers`` is
+    how many connections fill it from now on (a resumed run keeps its lanes, if it has some)."""
+    model = definition.model_class()
+    run, resumed = open_run(
+        BackfillRun,
+        name=definition.name,
+        using=using,
+        parameters=lambda: definition.new_parameters(model, using=using),
+        restart=restart,
+        status=Status.PENDING,
+        origin=origin,
+        started_by=started_by,
+        background=background,
+        batch_size=batch_size,
+    )
+    estimate = estimate_pending(definition.backfill(model, run.parameters), using=using)
+    carry_on = {"status": Status.PENDING, "background": True} if background else {}
+    BackfillRun.objects.using(using).filter(pk=run.pk).update(
+        rows_estimated=run.rows_done + estimate, workers=workers, **carry_on
+    )
+    run.refresh_from_db(using=using)
+    if not resumed:
+        record_event(run, "created", using=using, actor=started_by, origin=origin)
+    return run, resumed
+
+
+def steer(run: BackfillRun, action: str, *, using: str, actor: str, origin: str) -> BackfillRun:
+    """Pause, resume, cancel or retry ``run`` (see :mod:`backfills.controls`).
+
+    A resumed or retried background run gets a fresh chain of worker tasks (it supersedes any
+    other): even when a worker still holds the lease, finishing its slice after the pause, that
+    worker's own successor may have seen the pause and ended its chain.
+    """
+    run = CONTROLS[action](run, using=using, actor=actor, origin=origin)
+    if (
+        action in ("resume", "retry")
+        and run.background
+        and run.status in (Status.PENDING, Status.RUNNING)
+    ):
+        enqueue_slice(run, using=using)
+        run.refresh_from_db(using=using)
+    return run
+
+
+def open_run_of(definition: BackfillDefinition, *, using: str) -> BackfillRun | None:
+    """The definition's open run, if any."""
+    return find_open_run(BackfillRun, name=definition.name, using=using)
+
+
+def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> None:
+    """Fill every pending row with a migration's historical models (``apps``), batch by batch.
+
+    Carries on the backfill's open run (with its parameters), or starts one, in the same ledger
+    as the command and the workers; a plain checkpoint, without a lease: the advisory lock keeps
+    it to one process at a time. Nothing pending and no run open: a quick no-op.
+    """
+    model = definition.model_class(apps)
+    run_model = apps.get_model("backfills", "BackfillRun")
+    event_model = apps.get_model("backfills", "BackfillRunEvent")
+    with exclusive_run(definition.name, using=using):
+        pending = model._default_manager.using(using).filter(definition.pending).exists()
+        current = find_open_run(run_model, name=definition.name, using=using)
+        if not pending and current is None:
+            return
+        if current is not None and current.status in (Status.PAUSED, Status.CANCELLING):
+            # The schema change needs every row filled: the migration carries on a run an
+            # operator paused or is cancelling, and says so in its history.
+            event_model._default_manager.using(using).create(
+                run_id=current.pk,
+                kind="resumed",
+                actor=process_name("migrate"),
+                origin=BackfillRun.Origin.MIGRATION,
+                message=f"was {current.status}; a migration finishes the backfill",
+            )
+        run, _ = open_run(
+            run_model,
+            name=definition.name,
+            using=using,
+            parameters=lambda: definition.new_parameters(model, using=using),
+            origin=BackfillRun.Origin.MIGRATION,
+            started_by=process_name("migrate"),
+        )
+        run_backfill(
+            definition.backfill(model, run.parameters),
+            BatchPolicy(target_batch_ms=settings.BACKFILL_TARGET_BATCH_MS or None),
+            RunCheckpoint(run, using=using),
+            using=using,
+        )

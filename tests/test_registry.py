@@ -1,0 +1,205 @@
+"""The registry of backfills and the one generic command that runs any of them."""
+
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db.models import Q, Value
+
+from backfills.models import BackfillRun
+from backfills.registry import (
+    BackfillDefinition,
+    DuplicateBackfill,
+    UnknownBackfill,
+    definitions,
+    get_definition,
+    register,
+    unregister,
+)
+from tasks.models import Task
+from tests.helpers import PRIORITY, WORKSPACE, create_legacy_tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def backfill(*args, **options) -> str:
+    out = StringIO()
+    options.setdefault("target_batch_ms", "0")
+    call_command("backfill", *args, no_progress=True, stdout=out, **options)
+    return out.getvalue()
+
+
+def test_both_backfills_are_registered_by_the_app_that_owns_the_table():
+    assert [definition.name for definition in definitions()] == [
+        "tasks.task.priority",
+        "tasks.task.workspace",
+    ]
+    assert (WORKSPACE.model, WORKSPACE.field, WORKSPACE.pending) == (
+        "tasks.Task",
+        "workspace",
+        Q(workspace__isnull=True),
+    )
+    assert WORKSPACE.model_class() is Task and WORKSPACE.table() == "tasks_task"
+
+
+def test_a_name_is_registered_once():
+    with pytest.raises(DuplicateBackfill, match="'tasks.task.priority' is already registered"):
+        register(BackfillDefinition(name=PRIORITY.name, model=Task, field="title", value=None))
+
+    assert get_definition(PRIORITY.name) is PRIORITY
+
+
+def test_an_unknown_name_is_a_clear_error_naming_the_known_ones():
+    with pytest.raises(UnknownBackfill) as error:
+        get_definition("tasks.task.colour")
+
+    assert str(error.value) == (
+        "No backfill named 'tasks.task.colour' is registered (registered: tasks.task.priority, "
+        "tasks.task.workspace). See manage.py backfill --list."
+    )
+
+
+@pytest.fixture
+def archived_descriptions():
+    """A third backfill, declared by a test as a team would declare its own column's."""
+    definition = register(
+        BackfillDefinition(
+            name="tests.task.description",
+            model=Task,
+            field="description",
+            pending=Q(status="done") & ~Q(description="archived"),
+            pending_description="a done status and no archive note",
+            value=lambda model, parameters: Value(parameters["note"]),
+            parameters=lambda model, using: {"note": "archived"},
+        )
+    )
+    yield definition
+    unregister(definition.name)
+
+
+@pytest.mark.django_db
+def test_a_definition_is_all_the_command_needs(archived_descriptions):
+    # given: four tasks, two of them done
+    for status in ("done", "todo", "done", "blocked"):
+        Task.objects.create(title=status, status=status)
+
+    # when
+    output = backfill("tests.task.description", batch_size="1")
+
+    # then: the done ones are filled with the run's parameter, the rest untouched
+    assert "Starting run #" in output and "(note archived): 2 rows with a done status" in output
+    assert "pending rows left: 0" in output
+    assert sorted(Task.objects.values_list("status", "description")) == [
+        ("blocked", ""),
+        ("done", "archived"),
+        ("done", "archived"),
+        ("todo", ""),
+    ]
+    run = BackfillRun.objects.get()
+    assert (run.name, run.parameters, run.status) == (
+        "tests.task.description",
+        {"note": "archived"},
+        "succeeded",
+    )
+
+
+def test_list_shows_each_backfill_with_its_column_pending_rows_and_open_run(
+    workspace_expand_step,
+):
+    # given: rows without a workspace, and a run stopped after one batch
+    create_legacy_tasks([Task(title=f"legacy {i}") for i in range(6)])
+    backfill(WORKSPACE.name, batch_size="2", max_batches="1")
+    run = BackfillRun.objects.get()
+
+    # when
+    listing = backfill(list=True).splitlines()
+
+    # then
+    assert listing[0].split() == ["backfill", "table.column", "pending", "rows", "open", "run"]
+    assert listing[1].split() == [
+        "tasks.task.priority",
+        "tasks_task.priority",
+        "0",
+        "(NOT",
+        "NULL)",
+        "-",
+    ]
+    assert listing[3].split()[:4] == [
+        "tasks.task.workspace",
+        "tasks_task.workspace_id",
+        "4",
+        f"#{run.pk}",
+    ]
+
+
+def test_list_says_when_a_column_is_not_there_yet(expand_step):
+    listing = backfill(list=True)
+
+    assert "tasks_task.workspace_id" in listing and "no column yet" in listing
+
+
+@pytest.mark.django_db
+def test_the_command_needs_a_registered_name():
+    with pytest.raises(CommandError, match="Name the backfill: manage.py backfill NAME"):
+        backfill()
+    with pytest.raises(CommandError, match="No backfill named 'tasks.task.colour'"):
+        backfill("tasks.task.colour")
+
+
+def test_an_unknown_name_exits_with_code_1_from_the_command_line():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "backfill", "tasks.task.colour"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 1
+    assert "CommandError: No backfill named 'tasks.task.colour' is registered" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", [PRIORITY.name, WORKSPACE.name])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": "0"}, "--batch-size must be at least 1"),
+        ({"batch_size": "lots"}, "--batch-size must be a whole number"),
+        ({"sleep": "-0.5"}, "--sleep must be at least 0"),
+        ({"max_batches": "0"}, "--max-batches must be at least 1"),
+        ({"lock_timeout": "0"}, "--lock-timeout must be at least 1"),
+        ({"statement_timeout": "15s"}, "--statement-timeout must be a whole number"),
+        ({"max_retries": "101"}, "--max-retries must be at most 100"),
+        ({"target_batch_ms": "fast"}, "--target-batch-ms must be a number"),
+        ({"workers": "17"}, "--workers must be at most 16"),
+        ({"database": "replica"}, "Unknown database 'replica'"),
+        ({"pause": True, "cancel": True}, "Use only one of --pause, --resume, --cancel"),
+        ({"status": True, "restart": True}, "cannot be combined with --restart"),
+        ({"pause": True}, "There is no open tasks.task.\\w+ run to pause"),
+    ],
+)
+def test_bad_arguments_for_either_backfill_fail_clearly_and_write_nothing(
+    workspace_expand_step, name, options, message
+):
+    create_legacy_tasks([Task(title=f"legacy {i}") for i in range(5)])
+
+    with pytest.raises(CommandError, match=message):
+        backfill(name, **options)
+
+    assert Task.objects.filter(workspace__isnull=True).count() == 5
+    assert not BackfillRun.objects.exists()
+
+
+def test_backfill_priority_is_the_generic_command_for_tasks_task_priority(expand_step):
+    # given: the same state twice over, filled by each spelling
+    alias, generic = StringIO(), StringIO()
+    call_command("backfill_priority", dry_run=True, stdout=alias)
+    call_command("backfill", PRIORITY.name, dry_run=True, stdout=generic)
+
+    assert alias.getvalue() == generic.getvalue()
+    assert "Dry run (reference date " in alias.getvalue()
+    with pytest.raises(CommandError, match="unrecognized arguments: tasks.task.workspace"):
+        call_command("backfill_priority", WORKSPACE.name)
