@@ -8,10 +8,10 @@ nothing else about the column.
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connections, models, transaction
 
 from backfills.controls import CONTROLS, RunStateError
 from backfills.engine import (
@@ -31,6 +31,20 @@ from backfills.registry import BackfillDefinition
 from backfills.workers import enqueue_slice
 
 Status = BackfillRun.Status
+# Below this many pending rows (by PostgreSQL's estimate) they are counted exactly: a cheap
+# count, and the planner's estimate of a small or barely analysed table is rough. Above it the
+# estimate stands: a count would read the whole table once more before the first batch.
+EXACT_COUNT_BELOW = 10_000
+
+
+class Opened(NamedTuple):
+    """A run opened to be filled: whether it resumed, and the rows it has left (exactly or by
+    the planner's estimate)."""
+
+    run: BackfillRun
+    resumed: bool
+    pending: int
+    exact: bool
 
 
 def pending_rows(definition: BackfillDefinition, *, using: str) -> models.QuerySet:
@@ -85,7 +99,7 @@ def fill(
     started_by: str = "",
     health: HealthCheck | None = None,
     lease_seconds: float | None = None,
-    on_start: Callable[[BackfillRun, bool, int], None] | None = None,
+    on_start: Callable[[Opened], None] | None = None,
     on_batch: Callable[[BatchReport], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     workers: int = 1,
@@ -94,7 +108,7 @@ def fill(
     ``workers`` connections in parallel lanes (PostgreSQL).
 
     Returns the run (None when there was nothing to do and no run to resume) and what this
-    call did. ``on_start`` is told the run, whether it resumed, and the rows pending. While
+    call did. ``on_start`` is told the run, whether it resumed and the rows pending. While
     paused it waits for resume or cancel. Raises :class:`~backfills.engine.BackfillBusy` if
     another process holds the run, :class:`~backfills.controls.RunStateError` if it is paused
     (resume it first), ValueError if ``workers`` cannot work on this database,
@@ -104,7 +118,7 @@ def fill(
     model = definition.model_class()
     # Held across the checks, so that a refused start writes nothing.
     with exclusive_run(definition.name, using=using) as exclusive:
-        pending = pending_rows(definition, using=using).count()
+        pending = pending_rows(definition, using=using).exists()
         current = find_open_run(BackfillRun, name=definition.name, using=using)
         if current is not None and current.status == Status.PAUSED and not restart:
             raise RunStateError(
@@ -116,9 +130,9 @@ def fill(
                 f"run #{current.pk} is being processed by {current.lease_owner} (lease until "
                 f"{current.lease_expires_at:%H:%M:%S}); pause or cancel it there, or wait"
             )
-        if pending == 0 and current is None:
+        if not pending and current is None:
             return None, BackfillResult(finished=True, stopped="finished")
-        run, resumed = _open(
+        opened = _open(
             definition,
             using=using,
             restart=restart,
@@ -127,8 +141,9 @@ def fill(
             batch_size=policy.batch_size,
             workers=workers,
         )
+        run = opened.run
         if on_start is not None:
-            on_start(run, resumed, pending)
+            on_start(opened)
         result = process_run(
             run,
             definition.backfill(model, run.parameters),
@@ -181,7 +196,7 @@ def start_on_workers(
             state == "not null" or not pending_rows(definition, using=using).exists()
         ):
             raise RunStateError(nothing_pending_message(definition))
-        run, resumed = _open(
+        opened = _open(
             definition,
             using=using,
             restart=restart,
@@ -191,8 +206,8 @@ def start_on_workers(
             background=True,
             workers=workers,
         )
-        enqueue_slice(run, using=using)
-    return run, resumed
+        enqueue_slice(opened.run, using=using)
+    return opened.run, opened.resumed
 
 
 def _open(
@@ -205,7 +220,7 @@ def _open(
     batch_size: int,
     workers: int,
     background: bool = False,
-) -> tuple[BackfillRun, bool]:
+) -> Opened:
     """The open run to carry on, or a new one; with its estimate of the rows left, and its
     creation recorded. ``background`` runs are left pending for task workers. ``workers`` is
     how many connections fill it from now on (a resumed run keeps its lanes, if it has some)."""
@@ -222,15 +237,18 @@ def _open(
         background=background,
         batch_size=batch_size,
     )
-    estimate = estimate_pending(definition.backfill(model, run.parameters), using=using)
+    pending = estimate_pending(definition.backfill(model, run.parameters), using=using)
+    exact = connections[using].vendor != "postgresql" or pending < EXACT_COUNT_BELOW
+    if connections[using].vendor == "postgresql" and exact:
+        pending = pending_rows(definition, using=using).count()
     carry_on = {"status": Status.PENDING, "background": True} if background else {}
     BackfillRun.objects.using(using).filter(pk=run.pk).update(
-        rows_estimated=run.rows_done + estimate, workers=workers, **carry_on
+        rows_estimated=run.rows_done + pending, workers=workers, **carry_on
     )
     run.refresh_from_db(using=using)
     if not resumed:
         record_event(run, "created", using=using, actor=started_by, origin=origin)
-    return run, resumed
+    return Opened(run, resumed, pending, exact)
 
 
 def steer(run: BackfillRun, action: str, *, using: str, actor: str, origin: str) -> BackfillRun:

@@ -62,17 +62,33 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), *args]
 
 
-def seed_legacy(url: str, tasks: int, *, step: str = "0001_initial") -> None:
-    """Production before the rollout, in database ``url``: the other apps migrated, tasks at
-    ``step``, ``tasks`` legacy rows without a priority, vacuumed and analysed."""
+# Where each rollout starts (tasks migrated back to the step before its expand) and what its
+# legacy rows leave out, as for `manage.py rehearse` (tasks/rollouts.py).
+LEGACY = {
+    "priority": ("0001_initial", ("--without-priority", "--without-workspace")),
+    "workspace": ("0006_workspaces", ("--without-workspace",)),
+}
+
+
+def seed_legacy(
+    url: str, tasks: int, *, rollout: str = "priority", step: str | None = None
+) -> None:
+    """Production before ``rollout``, in database ``url``: every app but the task queue's
+    migrated, the reference fixtures loaded (on today's schema, which they are written for),
+    tasks migrated back to where the rollout starts, ``tasks`` rows written as the code before
+    the column wrote them, then tasks at ``step`` if given; vacuumed and analysed."""
     env = {"DATABASE_URL": url}
-    for app in ("contenttypes", "auth", "admin", "sessions"):
+    for app in ("contenttypes", "auth", "admin", "sessions", "backfills", "tasks"):
         run(manage("migrate", app, "-v0"), env_extra=env)
-    run(manage("migrate", "tasks", step, "-v0"), env_extra=env)
+    run(manage("loaddata", "workspaces", "categories", "roles", "-v0"), env_extra=env)
+    start, flags = LEGACY[rollout]
+    run(manage("migrate", "tasks", start, "-v0"), env_extra=env)
     run(
-        manage("seed", f"--tasks={tasks}", "--seed=1", "--without-priority", "--no-progress"),
+        manage("seed", f"--tasks={tasks}", "--seed=1", *flags, "--no-progress"),
         env_extra=env,
     )
+    if step is not None:
+        run(manage("migrate", "tasks", step, "-v0"), env_extra=env)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE tasks_task")
 

@@ -13,6 +13,7 @@ from backfills.health import DatabaseHealth
 from backfills.ledger import process_name
 from backfills.models import BackfillRun
 from backfills.orchestration import (
+    Opened,
     column_of,
     dry_run,
     fill,
@@ -214,13 +215,14 @@ class Command(CheckedCommand):
 
         bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
 
-        def on_start(run: BackfillRun, resumed: bool, pending: int) -> None:
-            bar.reset(total=pending)
+        def on_start(opened: Opened) -> None:
+            bar.reset(total=opened.pending)
             if verbosity >= 1:
-                how = "Resuming" if resumed else "Starting"
+                how = "Resuming" if opened.resumed else "Starting"
+                about = "" if opened.exact else "about "
                 self.stdout.write(
-                    f"{how} run #{run.pk} ({describe_parameters(run.parameters)}): "
-                    f"{pending:,} rows with {definition.pending_label}"
+                    f"{how} run #{opened.run.pk} ({describe_parameters(opened.run.parameters)}): "
+                    f"{about}{opened.pending:,} rows with {definition.pending_label}"
                     + (f", {workers} workers in parallel." if workers > 1 else ".")
                 )
 
