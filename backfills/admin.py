@@ -4,7 +4,7 @@ and pause/resume/cancel/retry, for users with the control permission."""
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import router
+from django.db import DatabaseError, router
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
@@ -16,6 +16,7 @@ from backfills.display import describe_parameters, format_seconds
 from backfills.models import OPEN_STATUSES, BackfillLane, BackfillRun, BackfillRunEvent
 from backfills.orchestration import start_on_workers, steer
 from backfills.registry import BackfillNotReady, UnknownBackfill, definitions, get_definition
+from backfills.workers import QUEUE
 
 
 class RunPartInline(admin.TabularInline):
@@ -228,6 +229,13 @@ class BackfillRunAdmin(admin.ModelAdmin):
         except RunStateError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
+        except DatabaseError as exc:
+            self.message_user(
+                request,
+                f"Run #{run.pk}: {action} done, but no worker task could be enqueued ({exc}).",
+                messages.ERROR,
+            )
+            return
         self.message_user(request, f"Run #{run.pk} is now {run.status_label}.", messages.SUCCESS)
 
     def control_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
@@ -264,7 +272,7 @@ class BackfillRunAdmin(admin.ModelAdmin):
         self.message_user(
             request,
             f"Run #{run.pk} of {definition.name} {how} on task workers "
-            "(manage.py db_worker --queue-name backfill).",
+            f"(manage.py db_worker --queue-name {QUEUE}).",
             messages.SUCCESS,
         )
         return redirect("admin:backfills_backfillrun_change", run.pk)

@@ -66,11 +66,18 @@ def estimate_pending(backfill: Backfill, *, using: str) -> int:
         if cursor.fetchone() is None:
             try:
                 with transaction.atomic(using=using):
-                    cursor.execute("SET LOCAL lock_timeout = '1s'")
+                    # For the ANALYZE only: in a caller's transaction a SET LOCAL made in this
+                    # savepoint would outlast it, so the previous value is put back after.
+                    cursor.execute(
+                        "SELECT current_setting('lock_timeout'), "
+                        "set_config('lock_timeout', '1s', true)"
+                    )
+                    previous = cursor.fetchone()[0]
                     cursor.execute(
                         f"ANALYZE {connection.ops.quote_name(table)} "
                         f"({connection.ops.quote_name(column)})"
                     )
+                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
             except DatabaseError:
                 logger.info("could not analyse %s.%s for an estimate", table, column)
     # Only the key is selected: the plan's row count is the same, and a model that has moved on

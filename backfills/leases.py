@@ -57,7 +57,7 @@ def exclusive_run(name: str, *, using: str) -> Iterator[bool]:
     if connection.vendor != "postgresql":
         yield False
         return
-    key = f"taskproj.backfill:{name}"
+    key = f"backfills.run:{name}"
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
         if not cursor.fetchone()[0]:

@@ -12,11 +12,11 @@ a backfill registered for as long as a migration names it.
 """
 
 from django.core.management.base import CommandError
-from django.db import NotSupportedError
 
+from backfills.engine import BackfillBusy, BackfillFailed
 from backfills.orchestration import finish_in_migration
 from backfills.registry import BackfillNotReady, UnknownBackfill, get_definition
-from migration_safety.operations import DatabaseOperation
+from migration_safety.operations import DatabaseOperation, ensure_not_in_transaction
 from migration_safety.timeouts import without_statement_timeout
 
 
@@ -66,16 +66,32 @@ class RunBackfill(BackfillOperation):
     def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
         definition = self.definition()
         connection = schema_editor.connection
-        if connection.in_atomic_block:
-            raise NotSupportedError(
-                f"RunBackfill({self.name!r}) commits batch by batch: set atomic = False on the "
-                "migration."
-            )
+        # Each batch commits on its own: in a transaction they would hold their row locks on the
+        # whole table until the migration commits.
+        ensure_not_in_transaction(schema_editor, f"RunBackfill({self.name!r})")
         try:
             with without_statement_timeout(connection):
-                finish_in_migration(definition, apps=to_state.apps, using=connection.alias)
-        except BackfillNotReady as exc:
-            raise CommandError(f"RunBackfill({self.name!r}): {exc}") from exc
+                result = finish_in_migration(definition, apps=to_state.apps, using=connection.alias)
+        except (BackfillNotReady, BackfillBusy) as exc:
+            raise CommandError(f"RunBackfill({self.name!r}): {exc}; nothing was migrated.") from exc
+        except BackfillFailed as exc:
+            raise CommandError(
+                f"RunBackfill({self.name!r}) stopped: {exc}. Every committed batch is "
+                "checkpointed; migrate again to resume."
+            ) from exc
+        if not result.finished:
+            raise BackfillNotFinished(
+                f"RunBackfill({self.name!r}) stopped before the end ({result.stopped}); the run "
+                f"stays open with its checkpoint and this migration is not recorded. "
+                + (
+                    "Resume the run (manage.py backfill NAME --resume) and migrate again.".replace(
+                        "NAME", self.name
+                    )
+                    if result.stopped in ("paused", "cancelled")
+                    else "Code that predates the column may still be writing rows: retire it, "
+                    "then migrate again."
+                )
+            )
 
     def describe(self) -> str:
         return f"Finish the backfill {self.name}"
@@ -95,7 +111,7 @@ class EnsureBackfillFinished(BackfillOperation):
         using = schema_editor.connection.alias
         model = definition.model_class(to_state.apps)
         with without_statement_timeout(schema_editor.connection):
-            pending = model._default_manager.using(using).filter(definition.pending)
+            pending = definition.pending_rows(model, using=using)
             if not pending.exists():
                 return
             left = pending.count()

@@ -48,8 +48,8 @@ class Opened(NamedTuple):
 
 
 def pending_rows(definition: BackfillDefinition, *, using: str) -> models.QuerySet:
-    """The rows that still need the value (a queryset: count or test it)."""
-    return definition.model_class()._default_manager.using(using).filter(definition.pending)
+    """The rows that still need the value, of the current model."""
+    return definition.pending_rows(definition.model_class(), using=using)
 
 
 def column_of(definition: BackfillDefinition, *, using: str) -> str:
@@ -269,26 +269,25 @@ def steer(run: BackfillRun, action: str, *, using: str, actor: str, origin: str)
     return run
 
 
-def open_run_of(definition: BackfillDefinition, *, using: str) -> BackfillRun | None:
-    """The definition's open run, if any."""
-    return find_open_run(BackfillRun, name=definition.name, using=using)
-
-
-def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> None:
-    """Fill every pending row with a migration's historical models (``apps``), batch by batch.
+def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> BackfillResult:
+    """Fill every pending row with a migration's historical models (``apps``), batch by batch;
+    return what it did (not finished: an operator paused or cancelled the run meanwhile, or rows
+    kept arriving).
 
     Carries on the backfill's open run (with its parameters), or starts one, in the same ledger
-    as the command and the workers; a plain checkpoint, without a lease: the advisory lock keeps
-    it to one process at a time. Nothing pending and no run open: a quick no-op.
+    as the command and the workers; a plain checkpoint, without a lease: on PostgreSQL the
+    advisory lock keeps it to one process at a time (on SQLite, where there is none, do not run
+    a backfill and the migration at once). Nothing pending and no run open: a quick no-op.
+    Raises :class:`~backfills.engine.BackfillBusy` while another process works on the run.
     """
     model = definition.model_class(apps)
     run_model = apps.get_model("backfills", "BackfillRun")
     event_model = apps.get_model("backfills", "BackfillRunEvent")
     with exclusive_run(definition.name, using=using):
-        pending = model._default_manager.using(using).filter(definition.pending).exists()
+        pending = definition.pending_rows(model, using=using).exists()
         current = find_open_run(run_model, name=definition.name, using=using)
         if not pending and current is None:
-            return
+            return BackfillResult(finished=True, stopped="finished")
         if current is not None and current.status in (Status.PAUSED, Status.CANCELLING):
             # The schema change needs every row filled: the migration carries on a run an
             # operator paused or is cancelling, and says so in its history.
@@ -307,7 +306,7 @@ def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> 
             origin=BackfillRun.Origin.MIGRATION,
             started_by=process_name("migrate"),
         )
-        run_backfill(
+        return run_backfill(
             definition.backfill(model, run.parameters),
             BatchPolicy(target_batch_ms=settings.BACKFILL_TARGET_BATCH_MS or None),
             RunCheckpoint(run, using=using),

@@ -81,9 +81,9 @@ class BackfillDefinition:
         """The model (from ``apps``, a migration's historical registry, or the current one)."""
         return (apps or global_apps).get_model(self.model)
 
-    def table(self) -> str:
-        """The database table the backfill fills."""
-        return self.model_class()._meta.db_table
+    def pending_rows(self, model: type[models.Model], *, using: str) -> models.QuerySet:
+        """The rows of ``model`` (current or historical) that still need the value."""
+        return model._default_manager.using(using).filter(self.pending)
 
     def new_parameters(self, model: type[models.Model], *, using: str) -> dict[str, Any]:
         """The parameters of a run starting now."""

@@ -7,8 +7,9 @@ registered backfills (tasks.task.priority, tasks.task.workspace).
 For each backfill, seeds --tasks legacy rows (its column NULL, at its expand step) once into a
 template database, then gives each variant its own copy (CREATE DATABASE ... TEMPLATE), so all
 start from the same state: the command with --sleep 0 as a whole process with 1 worker (its
-default) and with --workers; a bare keyset loop of the same UPDATEs on 1 and on --workers
-connections (the limit of batched work on this machine: no bookkeeping, timed inside its
+default) and with --workers; after each, a bare keyset loop of the same UPDATEs on as many
+connections, over key ranges as wide as that command's median batch (the limit of batched work
+on this machine for batches that hold their locks as long: no bookkeeping, timed inside its
 process); one single UPDATE of the whole table; and, for priority, Django's bulk_update in
 keyset batches of 1,000. All but bulk_update run --rounds times, interleaved, and are reported
 by their median: on a shared 2-core host one variant alone varies by 20% from minute to minute.
@@ -123,21 +124,26 @@ def measure(backfill: str, args) -> dict:
     prepare_template(small, args.small, backfill)
     seconds: dict[str, list[float]] = {}
     runs: dict[str, list] = {"command 1": [], "command N": []}
+    widths: dict[str, list[int]] = {}
     try:
-        baselines = {
-            "keyset-loop 1": ["keyset-loop", "1"],
-            "keyset-loop N": ["keyset-loop", str(args.workers)],
-            "single-update": ["single-update"],
-        }
         for _ in range(args.rounds):
-            for name, argv in baselines.items():
-                rows, took = variant(big, backfill, *argv)
-                assert rows == args.tasks, (name, rows)
-                seconds.setdefault(name, []).append(took)
-            for name, workers in (("command 1", 1), ("command N", args.workers)):
+            for workers, name, loop in (
+                (1, "command 1", "keyset-loop 1"),
+                (args.workers, "command N", "keyset-loop N"),
+            ):
                 measured = command(big, backfill, args.batch_size, workers)
                 runs[name].append(measured)
                 seconds.setdefault(name, []).append(measured[0])
+                # The same UPDATEs over key ranges as wide as the command's median batch in this
+                # round: batches that hold their row locks as long.
+                keys = round(statistics.median(measured[3]))
+                rows, took = variant(big, backfill, "keyset-loop", str(workers), str(keys))
+                assert rows == args.tasks, (loop, rows)
+                seconds.setdefault(loop, []).append(took)
+                widths.setdefault(loop, []).append(keys)
+            rows, took = variant(big, backfill, "single-update")
+            assert rows == args.tasks, rows
+            seconds.setdefault("single-update", []).append(took)
         if backfill == "tasks.task.priority":
             rows, took = variant(big, backfill, "bulk-update")
             assert rows == args.tasks, rows
@@ -147,7 +153,7 @@ def measure(backfill: str, args) -> dict:
         for name in (big, small):
             with scratch_database(name):
                 pass
-    return {"seconds": seconds, "runs": runs, "small_peak": small_peak}
+    return {"seconds": seconds, "runs": runs, "small_peak": small_peak, "widths": widths}
 
 
 def section(backfill: str, measured: dict, args) -> list[str]:
@@ -193,6 +199,10 @@ def section(backfill: str, measured: dict, args) -> list[str]:
             f"{percentile(whole, 0.99):.0f} ms."
         )
 
+    def width(loop: str) -> str:
+        keys = measured["widths"][loop]
+        return f"ranges of {min(keys):,}–{max(keys):,} keys (the command's median batch)"
+
     _, _, statement = BACKFILLS[backfill]
     peak = max(measured_peak for _, measured_peak, *_ in runs["command 1"])
     lines = [
@@ -205,8 +215,8 @@ def section(backfill: str, measured: dict, args) -> list[str]:
             f"`manage.py backfill {backfill} --sleep 0 --workers {workers}` (whole process)",
             "command N",
         ),
-        row("bare keyset loop, 4,000 keys per batch, 1 connection", "keyset-loop 1"),
-        row(f"bare keyset loop, 4,000 keys per batch, {workers} connections", "keyset-loop N"),
+        row(f"bare keyset loop, 1 connection, {width('keyset-loop 1')}", "keyset-loop 1"),
+        row(f"bare keyset loop, {workers} connections, {width('keyset-loop N')}", "keyset-loop N"),
         row(f"one `UPDATE … SET {statement} WHERE … IS NULL` (statement only)", "single-update"),
     ]
     if "bulk-update" in seconds:

@@ -1,6 +1,7 @@
 """The baselines `manage.py backfill NAME` is measured against, one per process.
 
-    python benchmarks/backfill_variants.py NAME single-update|bulk-update|keyset-loop [CONNECTIONS]
+    python benchmarks/backfill_variants.py NAME single-update|bulk-update
+    python benchmarks/backfill_variants.py NAME keyset-loop [CONNECTIONS [KEYS]]
 
 NAME is a registered backfill (tasks.task.priority, tasks.task.workspace): every variant fills
 its column with the very expression its runs use (the registry's), on the rows its filter
@@ -66,9 +67,9 @@ def bulk_update(definition: BackfillDefinition, batch_size: int = 1000) -> int:
 
 def keyset_loop(definition: BackfillDefinition, lanes: int = 1, keys: int = 4_000) -> int:
     """The command's batches without its bookkeeping: the same UPDATE over fixed key ranges of
-    ``keys``, one commit each (asynchronous, as the command's), no checkpoint, control, upper-key
-    read or health check; ``lanes`` connections on equal shares of the keys. What the hardware
-    allows batched work on that many connections."""
+    ``keys`` (the command's batch size), one commit each (asynchronous, as the command's), no
+    checkpoint, control, upper-key read or health check; ``lanes`` connections on equal shares
+    of the keys. What the hardware allows batched work on that many connections."""
     model, values = filled(definition)
     bounds = model.objects.aggregate(low=Min("pk"), high=Max("pk"))
     low, high = bounds["low"] - 1, bounds["high"]
@@ -103,7 +104,7 @@ def main() -> None:
     connection.ensure_connection()
     started = time.perf_counter()
     if variant == "keyset-loop":
-        rows = keyset_loop(definition, int(sys.argv[3]))
+        rows = keyset_loop(definition, int(sys.argv[3]), *map(int, sys.argv[4:5]))
     else:
         rows = {"single-update": single_update, "bulk-update": bulk_update}[variant](definition)
     sys.stdout.write(f"{rows} {time.perf_counter() - started:.3f}\n")

@@ -1,9 +1,10 @@
 """The rollout rehearsal at full size: `manage.py rehearse` on 200,000 and 1,000,000 tasks.
 
-    python benchmarks/rehearsal.py [--tasks 200000 1000000]
+    python benchmarks/rehearsal.py [--rollout priority workspace] [--tasks 200000 1000000]
 
-Runs `manage.py rehearse --json` once per size (each creates and drops its scratch database on
-the server of BENCH_SERVER_URL) and writes the reports to docs/benchmarks.md.
+Runs `manage.py rehearse --rollout R --tasks N --json` once per rollout and size (each creates
+and drops its scratch database on the server of BENCH_SERVER_URL) and writes each rollout's
+reports to its section of docs/benchmarks.md.
 """
 
 import argparse
@@ -19,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import ROOT, manage, server_url, write_section  # noqa: E402
 
 
-def rehearse(tasks: int) -> tuple[dict, int]:
+def rehearse(rollout: str, tasks: int) -> tuple[dict, int]:
     """The JSON report of one rehearsal and the command's exit code."""
     proc = subprocess.run(
-        manage("rehearse", f"--tasks={tasks}", "--json"),
+        manage("rehearse", f"--rollout={rollout}", f"--tasks={tasks}", "--json"),
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": server_url()},
         capture_output=True,
@@ -58,10 +59,11 @@ def table(report: dict, exit_code: int) -> list[str]:
         )
     lines += [
         "",
-        f"End state: {state.get('null_rows', '?')} NULL priorities left; NOT NULL "
+        f"End state: {state.get('null_rows', '?')} NULL values left; NOT NULL "
         f"{'in place' if state.get('not_null') else 'missing'}; default "
-        f"`{state.get('column_default', '')}`; index "
-        f"{'valid' if state.get('index_valid') else 'missing or invalid'}. "
+        f"`{state.get('column_default') or 'none'}`; indexes "
+        f"{'valid' if state.get('indexes_valid') else 'missing or invalid'}; constraints "
+        f"{'validated' if state.get('constraints_valid') else 'not validated'}. "
         + ("**OK.**" if report["ok"] else "**FAILED:** " + "; ".join(report["problems"])),
     ]
     return lines
@@ -69,27 +71,31 @@ def table(report: dict, exit_code: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rollout", nargs="+", default=["priority", "workspace"], help="rollouts to rehearse"
+    )
     parser.add_argument("--tasks", type=int, nargs="+", default=[200_000, 1_000_000])
     args = parser.parse_args()
 
     sizes = " ".join(str(n) for n in args.tasks)
-    lines = [
-        "## Rehearsal of the rollout under traffic (PostgreSQL)",
-        "",
-        f"Command: `python benchmarks/rehearsal.py --tasks {sizes}` "
-        f"({datetime.now(UTC):%Y-%m-%d}, 2 cores), which runs "
-        "`manage.py rehearse --tasks N --json` for each size. Each step runs in-process as an "
-        "operator would run it, while old-code writers, new-code writers (from expand on) and "
-        "admin list-page readers run in threads with their own connections; `baseline` and "
-        "`after` are traffic alone, for comparison.",
-        "",
-    ]
-    for tasks in args.tasks:
-        report, exit_code = rehearse(tasks)
-        lines += [*table(report, exit_code), ""]
-    text = "\n".join(lines)
-    write_section("rehearsal", text)
-    sys.stdout.write(text + "\n")
+    for rollout in args.rollout:
+        lines = [
+            f"## Rehearsal of the {rollout} rollout under traffic (PostgreSQL)",
+            "",
+            f"Command: `python benchmarks/rehearsal.py --rollout {rollout} --tasks {sizes}` "
+            f"({datetime.now(UTC):%Y-%m-%d}, 2 cores), which runs `manage.py rehearse "
+            f"--rollout {rollout} --tasks N --json` for each size. Each step runs in-process as "
+            "an operator would run it, while old-code writers (until a step retires them), "
+            "new-code writers (from expand on) and list-page readers run in threads with their "
+            "own connections; `baseline` and `after` are traffic alone, for comparison.",
+            "",
+        ]
+        for tasks in args.tasks:
+            report, exit_code = rehearse(rollout, tasks)
+            lines += [*table(report, exit_code), ""]
+        text = "\n".join(lines)
+        write_section("rehearsal" if rollout == "priority" else f"rehearsal-{rollout}", text)
+        sys.stdout.write(text + "\n")
 
 
 if __name__ == "__main__":

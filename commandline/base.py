@@ -17,6 +17,12 @@ class CheckedCommand(BaseCommand):
     errors would exit with 2 instead.
     """
 
+    def execute(self, *args: Any, **options: Any) -> Any:
+        # The raw stream behind self.stderr (a terminal, or what call_command was given): the
+        # progress bar writes to it directly, not through OutputWrapper's line endings.
+        self.progress_stream = options.get("stderr") or sys.stderr
+        return super().execute(*args, **options)
+
     def add_database_argument(self, parser: CommandParser) -> None:
         """Add ``--database``, checked by :meth:`database_alias`."""
         parser.add_argument(
@@ -89,6 +95,6 @@ class CheckedCommand(BaseCommand):
 
     def progress_bar(self, *, total: int, unit: str, enabled: bool) -> tqdm:
         """A tqdm bar on stderr (rate and ETA), shown only when enabled and stderr is a terminal."""
-        stream = getattr(self.stderr, "_out", sys.stderr)
+        stream = getattr(self, "progress_stream", sys.stderr)
         show = enabled and hasattr(stream, "isatty") and stream.isatty()
         return tqdm(total=total, unit=unit, file=stream, disable=not show, smoothing=0.1)

@@ -41,6 +41,10 @@ class SquawkMissing(Exception):
     """The squawk executable is not installed."""
 
 
+class SquawkFailed(Exception):
+    """squawk ran but did not report (a crash, an unreadable configuration)."""
+
+
 def squawk_executable() -> str:
     """Path of the squawk binary installed with squawk-cli (next to this Python, or on PATH)."""
     beside = Path(sys.executable).parent / "squawk"
@@ -85,6 +89,8 @@ def migration_sql(app_label: str, *, using: str) -> dict[str, str]:
 
 def lint_sql(sql_by_name: dict[str, str]) -> list[Finding]:
     """Run squawk over each named SQL text; return what it flags (empty: all safe)."""
+    if not sql_by_name:
+        return []  # squawk given no file reads its standard input
     with tempfile.TemporaryDirectory() as folder:
         files = {}
         for name, sql in sql_by_name.items():
@@ -93,11 +99,12 @@ def lint_sql(sql_by_name: dict[str, str]) -> list[Finding]:
             files[str(path)] = name
         result = subprocess.run(
             [squawk_executable(), "--config", str(config_path()), "--reporter", "json", *files],
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
         )
     if result.returncode not in (0, 1) or not result.stdout.strip().startswith("["):
-        raise RuntimeError(f"squawk failed: {result.stderr or result.stdout}")
+        raise SquawkFailed(f"squawk failed: {result.stderr or result.stdout}")
     return [
         Finding(
             migration=files[item["file"]],

@@ -18,6 +18,7 @@ django-pg-migration-tools' operations do the work wherever they fit; what is add
 """
 
 import datetime
+import logging
 
 from django.db import NotSupportedError, models
 from django.db.migrations.operations import AddField, AddIndex, AlterField
@@ -30,10 +31,12 @@ from django_pg_migration_tools.operations import (
 )
 from django_pg_migration_tools.timeouts import apply_timeouts
 
-from migration_safety.timeouts import scans_without_statement_timeout
+from migration_safety.timeouts import scans_without_statement_timeout, without_statement_timeout
 
+logger = logging.getLogger(__name__)
 # A cleanup that needs ACCESS EXCLUSIVE right after the migration's own lock_timeout expired
-# waits this long for it: long enough to get through a queue of short transactions.
+# waits this long for it (without the statement timeout, which would cut it off sooner): long
+# enough to get through a queue of short transactions.
 CLEANUP_LOCK_TIMEOUT = datetime.timedelta(seconds=30)
 
 
@@ -141,11 +144,14 @@ def drop_not_null_checks(schema_editor, table: str, column: str) -> None:
         )
         names = [row[0] for row in cursor.fetchall()]
     try:
-        with apply_timeouts(using=connection.alias, lock_timeout=CLEANUP_LOCK_TIMEOUT):
+        with (
+            without_statement_timeout(connection),
+            apply_timeouts(using=connection.alias, lock_timeout=CLEANUP_LOCK_TIMEOUT),
+        ):
             for name in names:
                 schema_editor.execute(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
     except Exception:  # the caller re-raises the error that made the cleanup necessary
-        pass
+        logger.exception("could not drop %s on %s after a failed NOT NULL", names, table)
 
 
 def note_dropped_check(schema_editor) -> None:

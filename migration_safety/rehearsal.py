@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,6 +282,33 @@ class Traffic:
 
 
 @contextmanager
+def extra_alias(using: str, alias: str, **changes: Any) -> Iterator[str]:
+    """Register ``alias``: the connection settings of ``using`` with ``changes``; remove it
+    (closed) afterwards."""
+    settings_dict = copy.deepcopy(connections[using].settings_dict)
+    for key, value in changes.items():
+        settings_dict[key] = (
+            {**settings_dict.get(key, {}), **value} if isinstance(value, dict) else value
+        )
+    connections.settings[alias] = settings_dict
+    try:
+        yield alias
+    finally:
+        connections[alias].close()
+        del connections[alias]
+        del connections.settings[alias]
+
+
+@contextmanager
+def maintenance_cursor(using: str) -> Iterator[Any]:
+    """A cursor on the server's maintenance database (``postgres``) of ``using``: where a
+    database is created and dropped, outside any of them."""
+    with extra_alias(using, f"{using}__maintenance", NAME="postgres") as alias:
+        with connections[alias].cursor() as cursor:
+            yield cursor
+
+
+@contextmanager
 def scratch_aliases(using: str, name: str) -> Iterator[dict[str, str]]:
     """Create database ``name`` on the server of ``using``; yield aliases for it; drop it after.
 
@@ -290,30 +317,25 @@ def scratch_aliases(using: str, name: str) -> Iterator[dict[str, str]]:
     """
     source = connections[using]
     quoted = source.ops.quote_name(name)
-    with source._nodb_cursor() as cursor:
+    with maintenance_cursor(using) as cursor:
         cursor.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
         cursor.execute(f"CREATE DATABASE {quoted}")
-    aliases = {
-        "rollout": (f"{name}_rollout", ROLLOUT_APP),
-        "app": (f"{name}_app", APP),
-        "blocker": (f"{name}_blocker", BLOCKER_APP),
-    }
-    for alias, application_name in aliases.values():
-        settings_dict = copy.deepcopy(source.settings_dict)
-        settings_dict["NAME"] = name
-        settings_dict["OPTIONS"] = {
-            **settings_dict.get("OPTIONS", {}),
-            "application_name": application_name,
-        }
-        connections.settings[alias] = settings_dict
+    roles = {"rollout": ROLLOUT_APP, "app": APP, "blocker": BLOCKER_APP}
     try:
-        yield {role: alias for role, (alias, _) in aliases.items()}
+        with ExitStack() as stack:
+            yield {
+                role: stack.enter_context(
+                    extra_alias(
+                        using,
+                        f"{name}_{role}",
+                        NAME=name,
+                        OPTIONS={"application_name": application_name},
+                    )
+                )
+                for role, application_name in roles.items()
+            }
     finally:
-        for alias, _ in aliases.values():
-            connections[alias].close()
-            del connections[alias]
-            del connections.settings[alias]
-        with source._nodb_cursor() as cursor:
+        with maintenance_cursor(using) as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
 
 

@@ -96,9 +96,10 @@ class TaskFactory(DjangoModelFactory):
     class Meta:
         model = Task
 
-    title = factory.LazyFunction(
-        lambda: f"{randgen.choice(TITLE_VERBS)} {factory.Faker._get_faker().bs()}"
-    )
+    class Params:
+        phrase = factory.Faker("bs")
+
+    title = factory.LazyAttribute(lambda o: f"{randgen.choice(TITLE_VERBS)} {o.phrase}")
     description = factory.Faker("paragraph", nb_sentences=2)
     status = factory.LazyFunction(random_status)
     due_date = factory.LazyFunction(random_due_date)

@@ -20,6 +20,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from factory.random import randgen
 
+from backfills.inspection import column_state
 from tasks.bulk_insert import insert_rows
 from tasks.factories import TaskFactory, UserFactory
 from tasks.models import Category, Task, Workspace
@@ -48,6 +49,10 @@ PRIORITY_FIELD = "priority"
 WORKSPACE_FIELD = "workspace"
 
 
+class ReferenceDataMissing(Exception):
+    """The reference fixtures are missing and cannot be loaded at this step of the schema."""
+
+
 @dataclass(frozen=True)
 class SeedResult:
     """What a seed run wrote and how long it took."""
@@ -70,6 +75,12 @@ def ensure_reference_data(*, using: str) -> bool:
     has_roles = Group.objects.using(using).filter(name__in=ROLE_NAMES).count() == len(ROLE_NAMES)
     if has_categories and has_roles:
         return False
+    if column_state(Category, "workspace", using=using) == "missing":
+        raise ReferenceDataMissing(
+            "There are no categories or roles yet, and the reference fixtures are written for "
+            "today's schema: load them on the fully migrated database (manage.py migrate; "
+            "manage.py loaddata workspaces categories roles), then migrate back to this step."
+        )
     call_command("loaddata", *REFERENCE_FIXTURES, database=using, verbosity=0)
     return True
 
@@ -156,14 +167,14 @@ def seed(
     loaded = ensure_reference_data(using=using)
     categories = Category.objects.using(using).order_by("slug")
     category_ids = list(categories.values_list("pk", flat=True))
-    user_ids = create_users(users, using=using)
-    prototypes = build_prototypes(min(tasks, PROTOTYPE_POOL_SIZE), with_priority=with_priority)
     fields = (*TASK_FIELDS, PRIORITY_FIELD) if with_priority else TASK_FIELDS
     workspaces = workspace_of = None
-    if with_workspace:
+    if with_workspace:  # before any write: without a default workspace nothing is seeded
         fields = (*fields, WORKSPACE_FIELD)
         workspaces = WorkspaceRule(Workspace.objects.db_manager(using).default_id())
         workspace_of = dict(categories.values_list("pk", "workspace"))
+    user_ids = create_users(users, using=using)
+    prototypes = build_prototypes(min(tasks, PROTOTYPE_POOL_SIZE), with_priority=with_priority)
     rows = task_rows(
         tasks,
         prototypes=prototypes,

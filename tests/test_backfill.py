@@ -240,34 +240,35 @@ def test_dry_run_counts_per_priority_and_writes_nothing(expand_step):
     assert not BackfillRun.objects.exists()
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"batch_size": "0"}, "--batch-size must be at least 1"),
-        ({"batch_size": "100001"}, "--batch-size must be at most 100,000"),
-        ({"batch_size": "lots"}, "--batch-size must be a whole number"),
-        ({"sleep": "-0.5"}, "--sleep must be at least 0"),
-        ({"sleep": "soon"}, "--sleep must be a number"),
-        ({"sleep": "nan"}, "--sleep must be a finite number"),
-        ({"max_batches": "0"}, "--max-batches must be at least 1"),
-        ({"max_batches": "all"}, "--max-batches must be a whole number"),
-        ({"lock_timeout": "1s"}, "--lock-timeout must be a whole number"),
-        ({"lock_timeout": "0"}, "--lock-timeout must be at least 1"),
-        ({"lock_timeout": "3600001"}, "--lock-timeout must be at most 3,600,000"),
-        ({"statement_timeout": "-5"}, "--statement-timeout must be at least 1"),
-        ({"statement_timeout": "15s"}, "--statement-timeout must be a whole number"),
-        ({"statement_timeout": "86400001"}, "--statement-timeout must be at most 86,400,000"),
-        ({"max_retries": "-1"}, "--max-retries must be at least 0"),
-        ({"max_retries": "many"}, "--max-retries must be a whole number"),
-        ({"max_retries": "101"}, "--max-retries must be at most 100"),
-        ({"target_batch_ms": "fast"}, "--target-batch-ms must be a number"),
-        ({"target_batch_ms": "-60"}, "--target-batch-ms must be at least 0"),
-        ({"database": "replica"}, "Unknown database 'replica'"),
-        ({"workers": "0"}, "--workers must be at least 1"),
-        ({"workers": "17"}, "--workers must be at most 16"),
-        ({"workers": "two"}, "--workers must be a whole number"),
-    ],
-)
+# Every bad value of every option: CommandError naming the option, nothing read or written.
+BAD_ARGUMENTS = [
+    ({"batch_size": "0"}, "--batch-size must be at least 1"),
+    ({"batch_size": "100001"}, "--batch-size must be at most 100,000"),
+    ({"batch_size": "lots"}, "--batch-size must be a whole number"),
+    ({"sleep": "-0.5"}, "--sleep must be at least 0"),
+    ({"sleep": "soon"}, "--sleep must be a number"),
+    ({"sleep": "nan"}, "--sleep must be a finite number"),
+    ({"max_batches": "0"}, "--max-batches must be at least 1"),
+    ({"max_batches": "all"}, "--max-batches must be a whole number"),
+    ({"lock_timeout": "1s"}, "--lock-timeout must be a whole number"),
+    ({"lock_timeout": "0"}, "--lock-timeout must be at least 1"),
+    ({"lock_timeout": "3600001"}, "--lock-timeout must be at most 3,600,000"),
+    ({"statement_timeout": "-5"}, "--statement-timeout must be at least 1"),
+    ({"statement_timeout": "15s"}, "--statement-timeout must be a whole number"),
+    ({"statement_timeout": "86400001"}, "--statement-timeout must be at most 86,400,000"),
+    ({"max_retries": "-1"}, "--max-retries must be at least 0"),
+    ({"max_retries": "many"}, "--max-retries must be a whole number"),
+    ({"max_retries": "101"}, "--max-retries must be at most 100"),
+    ({"target_batch_ms": "fast"}, "--target-batch-ms must be a number"),
+    ({"target_batch_ms": "-60"}, "--target-batch-ms must be at least 0"),
+    ({"database": "replica"}, "Unknown database 'replica'"),
+    ({"workers": "0"}, "--workers must be at least 1"),
+    ({"workers": "17"}, "--workers must be at most 16"),
+    ({"workers": "two"}, "--workers must be a whole number"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_ARGUMENTS)
 def test_bad_arguments_fail_clearly_and_write_nothing(expand_step, options, message):
     legacy_tasks(5)
 

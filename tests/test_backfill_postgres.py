@@ -406,7 +406,7 @@ def test_a_second_process_is_refused_while_a_run_is_in_progress(expand_step):
     # given: another session holds the run's lock (as a running backfill process does)
     seed_legacy(20)
     holder = psycopg.connect(conninfo(), autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(hashtext('taskproj.backfill:tasks.task.priority'))")
+    holder.execute("SELECT pg_advisory_lock(hashtext('backfills.run:tasks.task.priority'))")
     try:
         # when
         with pytest.raises(CommandError, match="another process is running backfill"):
@@ -446,7 +446,7 @@ def test_a_finished_run_releases_its_lock_for_other_sessions(expand_step):
     call_command("backfill_priority", no_progress=True, stdout=StringIO())
 
     with psycopg.connect(conninfo(), autocommit=True) as other:
-        key = "taskproj.backfill:tasks.task.priority"
+        key = "backfills.run:tasks.task.priority"
         acquired = other.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()[0]
 
     assert acquired is True

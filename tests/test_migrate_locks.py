@@ -156,3 +156,32 @@ def test_set_not_null_refuses_to_run_inside_a_transaction(at_initial):
     with pytest.raises(NotSupportedError, match="atomic = False"):
         with transaction.atomic(), connection.schema_editor(atomic=False) as editor:
             contract.operations[2].database_forwards("tasks", editor, from_state, to_state)
+
+
+def test_bad_timeout_settings_are_one_line_and_apply_nothing(at_initial):
+    from django.test import override_settings
+
+    with (
+        override_settings(MIGRATION_RETRY_MIN_WAIT_MS=20_000),  # above the maximum wait
+        pytest.raises(CommandError, match="Bad migration timeout settings"),
+    ):
+        call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
+
+    assert column_state(Task, "priority", using="default") == "missing"
+
+
+def test_an_error_of_a_migration_is_not_taken_for_a_settings_error(at_initial):
+    from backfills.registry import register, unregister
+    from tests.helpers import PRIORITY
+
+    # given: the data migration's backfill is no longer registered
+    call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
+    unregister(PRIORITY.name)
+    try:
+        # when / then: its own one-line error, not "Bad migration timeout settings"
+        with pytest.raises(
+            CommandError, match=r"RunBackfill\('tasks.task.priority'\): No backfill"
+        ):
+            call_command("migrate", "tasks", "0003_priority_backfill", verbosity=0)
+    finally:
+        register(PRIORITY)

@@ -97,3 +97,11 @@ def test_by_default_every_app_of_the_project_is_linted_and_an_unknown_one_is_ref
     assert project_apps() == ["backfills", "tasks"]
     with pytest.raises(CommandError, match="No installed app is labelled 'nope'"):
         call_command("lint_migrations", "nope", stdout=StringIO(), stderr=StringIO())
+
+
+def test_an_app_without_migrations_is_linted_at_once():
+    out = StringIO()
+
+    call_command("lint_migrations", "migration_safety", stdout=out, stderr=StringIO())
+
+    assert "0 migrations linted with squawk: no problems." in out.getvalue()

@@ -248,6 +248,17 @@ def test_seeded_tasks_belong_to_their_categorys_workspace_or_the_default_one(ref
     assert any(task.category is None for task in tasks)
 
 
+def test_without_a_default_workspace_it_says_what_to_load_and_seeds_nothing(reference_data):
+    Category.objects.update(workspace=Workspace.objects.get(slug="product"))
+    Workspace.objects.filter(slug="default").delete()
+    users = get_user_model().objects.count()
+
+    with pytest.raises(CommandError, match="No workspace with slug 'default'.*Nothing was seeded"):
+        seed(tasks=10, users=3)
+
+    assert (Task.objects.count(), get_user_model().objects.count()) == (0, users)
+
+
 def test_without_workspace_is_refused_once_the_column_is_not_null():
     with pytest.raises(CommandError, match="workspace is NOT NULL here"):
         seed(tasks=10, without_workspace=True)

@@ -1,13 +1,16 @@
 """The workspace backfill on real PostgreSQL: application writes at the same time, from threads
-with their own connections, on 1 and 2 workers."""
+with their own connections, on 1 and 2 workers; and its data migration when another process
+holds the run or an operator pauses it."""
 
+import psycopg
 import pytest
-from django.db import connections
+from django.db import connection, connections
 from django.utils import timezone
 
 from tasks.models import Category, Task, Workspace
 from tasks.services import task_create
-from tests.helpers import WORKSPACE, fill_while_the_application_writes
+from tests.helpers import WORKSPACE, fill_while_the_application_writes, wait_until
+from tests.test_backfill_postgres import conninfo
 from tests.test_workspace import stored_workspaces, workspaces_by_an_independent_query
 
 pytestmark = pytest.mark.postgres
@@ -72,3 +75,66 @@ def test_concurrent_writes_during_the_workspace_backfill_overwrite_nothing(
     assert {stored[pk] for pk in moved} == {business.pk}
     untouched = set(stored) - set(moved)
     assert {pk: stored[pk] for pk in untouched} == {pk: expected[pk] for pk in untouched}
+
+
+def legacy_rows(count: int) -> None:
+    from django.core.management import call_command
+
+    call_command(
+        "seed", tasks=count, users=1, seed=2, without_workspace=True, no_progress=True, verbosity=0
+    )
+
+
+def test_the_data_migration_refuses_in_one_line_while_another_process_holds_the_run(
+    workspace_expand_step,
+):
+    # given: rows to fill, and another process working on the backfill (its advisory lock)
+    from django.core.management import CommandError, call_command
+    from django.db.migrations.recorder import MigrationRecorder
+
+    legacy_rows(30)
+    holder = psycopg.connect(conninfo(), autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(hashtext('backfills.run:tasks.task.workspace'))")
+    try:
+        # when / then
+        with pytest.raises(CommandError, match="another process is running backfill"):
+            call_command("migrate", "tasks", "0008_workspace_backfill", verbosity=0)
+    finally:
+        holder.close()
+    recorder = MigrationRecorder(connection).migration_qs
+    assert not recorder.filter(app="tasks", name="0008_workspace_backfill").exists()
+    assert Task.objects.filter(workspace__isnull=True).count() == 30
+
+
+def test_a_data_migration_paused_half_way_is_not_recorded_as_done(workspace_expand_step, settings):
+    # given: two fixed batches' worth of rows, the last row locked so that the second batch waits
+    from django.core.management import CommandError, call_command
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from backfills.engine import BatchPolicy as Policy
+    from backfills.models import BackfillRun
+    from tests.test_backfill_postgres import finished, hold_row_lock, in_thread
+
+    settings.BACKFILL_TARGET_BATCH_MS = 0
+    legacy_rows(Policy().batch_size + 10)
+    blocker = hold_row_lock(Task.objects.order_by("-pk").values_list("pk", flat=True)[0])
+    outcome = {}
+    migration = in_thread(
+        lambda: call_command("migrate", "tasks", "0008_workspace_backfill", verbosity=0), outcome
+    )
+    try:
+        wait_until(
+            lambda: BackfillRun.objects.filter(rows_done__gt=0).exists(), what="the first batch"
+        )
+        # when: an operator pauses the run while its second batch waits for the row
+        call_command("backfill", WORKSPACE.name, pause=True, verbosity=0)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    # then: the migration stops, says so in one line, and is not recorded as applied
+    with pytest.raises(CommandError, match="stopped before the end .paused.; the run stays open"):
+        finished(migration, outcome)
+    recorder = MigrationRecorder(connection).migration_qs
+    assert not recorder.filter(app="tasks", name="0008_workspace_backfill").exists()
+    assert BackfillRun.objects.get().status == "paused"

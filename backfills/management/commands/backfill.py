@@ -10,7 +10,7 @@ from backfills.controls import RunStateError
 from backfills.display import describe_parameters, format_seconds
 from backfills.engine import BackfillBusy, BackfillFailed, BatchPolicy, BatchReport, LeaseLost
 from backfills.health import DatabaseHealth
-from backfills.ledger import process_name
+from backfills.ledger import find_open_run, process_name
 from backfills.models import BackfillRun
 from backfills.orchestration import (
     Opened,
@@ -19,7 +19,6 @@ from backfills.orchestration import (
     fill,
     missing_column_message,
     nothing_pending_message,
-    open_run_of,
     pending_rows,
     start_on_workers,
     steer,
@@ -31,6 +30,7 @@ from backfills.registry import (
     definitions,
     get_definition,
 )
+from backfills.workers import QUEUE
 from commandline.base import CheckedCommand
 
 DEFAULTS = BatchPolicy()
@@ -126,7 +126,7 @@ class Command(CheckedCommand):
             "--background",
             action="store_true",
             help="Do not fill here: enqueue the run for task workers "
-            "(manage.py db_worker --queue-name backfill) and return.",
+            f"(manage.py db_worker --queue-name {QUEUE}) and return.",
         )
         for action, what in (
             ("pause", "Pause the open run; its process stops before its next batch."),
@@ -140,6 +140,11 @@ class Command(CheckedCommand):
 
     def handle(self, *args, **options) -> None:
         policy = self.parse_policy(options)
+        if options["workers"] is None and not 1 <= settings.BACKFILL_WORKERS <= MAX_WORKERS:
+            raise CommandError(
+                f"BACKFILL_WORKERS must be from 1 to {MAX_WORKERS}, got "
+                f"{settings.BACKFILL_WORKERS}: fix the setting, or pass --workers."
+            )
         workers = self.int_option(
             "workers",
             settings.BACKFILL_WORKERS if options["workers"] is None else options["workers"],
@@ -260,9 +265,8 @@ class Command(CheckedCommand):
         except (RunStateError, BackfillNotReady, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         except LeaseLost as exc:
-            raise CommandError(
-                f"Stopped: {exc}. That process carries on from the last checkpoint."
-            ) from exc
+            carries_on = "" if "cancelled" in str(exc) else " That process carries on."
+            raise CommandError(f"Stopped: {exc}.{carries_on}") from exc
         except DatabaseError as exc:
             raise CommandError(
                 f"Backfill stopped by a database error: {exc}. Every committed batch is "
@@ -343,13 +347,19 @@ class Command(CheckedCommand):
 
     def steer(self, definition: BackfillDefinition, action: str, using: str) -> None:
         """Pause, resume or cancel the open run."""
-        run = open_run_of(definition, using=using)
+        run = find_open_run(BackfillRun, name=definition.name, using=using)
         if run is None:
             raise CommandError(f"There is no open {definition.name} run to {action}.")
         try:
             run = steer(run, action, using=using, actor=process_name("command"), origin="command")
         except RunStateError as exc:
             raise CommandError(str(exc)) from exc
+        except DatabaseError as exc:
+            raise CommandError(
+                f"Run #{run.pk}: {action} done, but no worker task could be enqueued for it "
+                f"({exc}). The task tables come with the django_tasks_db app: manage.py migrate "
+                f"--database {using}, then {action} it again."
+            ) from exc
         self.stdout.write(
             self.style.SUCCESS(f"Run #{run.pk} is now {run.get_status_display().lower()}.")
         )
@@ -378,7 +388,7 @@ class Command(CheckedCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"{how} run #{run.pk} on task workers (about {run.rows_estimated or 0:,} rows). "
-                "Workers: manage.py db_worker --queue-name backfill. Watch: "
+                f"Workers: manage.py db_worker --queue-name {QUEUE}. Watch: "
                 f"manage.py backfill {definition.name} --status, or the admin's Backfill runs "
                 "page."
             )
@@ -437,7 +447,7 @@ class Command(CheckedCommand):
                 pending = "0 (NOT NULL)"
             else:
                 pending = f"{pending_rows(definition, using=using).count():,}"
-            run = open_run_of(definition, using=using)
+            run = find_open_run(BackfillRun, name=definition.name, using=using)
             open_run = "-" if run is None else f"#{run.pk} {run.status_label}"
             column = f"{model._meta.db_table}.{model._meta.get_field(definition.field).column}"
             self.stdout.write(f"{definition.name:<28} {column:<28} {pending:>14}  {open_run}")

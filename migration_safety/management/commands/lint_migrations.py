@@ -5,7 +5,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import connections
 
 from commandline.base import CheckedCommand
-from migration_safety.lint import SquawkMissing, lint_sql, migration_sql, project_apps
+from migration_safety.lint import SquawkFailed, SquawkMissing, lint_sql, migration_sql, project_apps
 
 
 class Command(CheckedCommand):
@@ -43,7 +43,7 @@ class Command(CheckedCommand):
             sql.update(migration_sql(app_label, using=using))
         try:
             findings = lint_sql(sql)
-        except SquawkMissing as exc:
+        except (SquawkMissing, SquawkFailed) as exc:
             raise CommandError(str(exc)) from exc
         for finding in findings:
             self.stderr.write(str(finding))

@@ -18,6 +18,7 @@ from django_pg_migration_tools.management.commands.migrate_with_timeouts import 
 from django_pg_migration_tools.management.commands.migrate_with_timeouts import (
     LockAlreadyAcquired,
     MaximumRetriesReached,
+    MigrationTimeoutOptions,
 )
 from django_pg_migration_tools.timeouts import RedundantLockTimeout, TimeoutWasNotPositive
 
@@ -37,8 +38,9 @@ TIMEOUT_OPTIONS = (
 
 class Command(MigrateWithTimeoutsCommand):
     help = DjangoMigrateCommand.help + (
-        " On PostgreSQL, with bounded lock waits: MIGRATION_LOCK_TIMEOUT_MS (default 2000), "
-        "retried MIGRATION_LOCK_RETRIES times with backoff, naming the blocking sessions."
+        " On PostgreSQL, with bounded lock waits: MIGRATION_LOCK_TIMEOUT_MS "
+        f"({settings.MIGRATION_LOCK_TIMEOUT_MS}), retried MIGRATION_LOCK_RETRIES "
+        f"({settings.MIGRATION_LOCK_RETRIES}) times with backoff, naming the blocking sessions."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -54,10 +56,25 @@ class Command(MigrateWithTimeoutsCommand):
 
     def handle(self, *args, **options) -> None:
         database = options["database"]
+        if database not in connections:
+            known = ", ".join(sorted(connections))
+            raise CommandError(
+                f"Unknown database {database!r}. Use one of: {known} (see DATABASES in settings)."
+            )
         if connections[database].vendor != "postgresql":
             for name in TIMEOUT_OPTIONS:
                 options.pop(name, None)
             return DjangoMigrateCommand.handle(self, *args, **options)
+        try:
+            # The library's own check of its options, before anything runs: its errors are
+            # about the settings (MIGRATION_*), never about a migration.
+            MigrationTimeoutOptions.from_dictionary(dict(options)).validate()
+        except (TimeoutWasNotPositive, RedundantLockTimeout, ValueError) as exc:
+            raise CommandError(
+                f"Bad migration timeout settings ({exc}): MIGRATION_LOCK_TIMEOUT_MS and "
+                "MIGRATION_STATEMENT_TIMEOUT_MS must be positive, the lock timeout the smaller; "
+                "MIGRATION_RETRY_MIN_WAIT_MS at most MIGRATION_RETRY_MAX_WAIT_MS."
+            ) from exc
         lock_timeout, retries = options["lock_timeout_in_ms"], options["lock_timeout_max_retries"]
         try:
             super().handle(*args, **options)
@@ -71,11 +88,6 @@ class Command(MigrateWithTimeoutsCommand):
                 "times. An atomic migration was rolled back; a non-atomic one keeps the steps "
                 "it had committed and is written to be re-run from the top.\n"
                 f"{describe_blockers(using=database)}"
-            ) from exc
-        except (TimeoutWasNotPositive, RedundantLockTimeout, ValueError) as exc:
-            raise CommandError(
-                f"Bad migration timeout settings ({exc}): MIGRATION_LOCK_TIMEOUT_MS and "
-                "MIGRATION_STATEMENT_TIMEOUT_MS must be positive, the lock timeout the smaller."
             ) from exc
         finally:
             self.end_session(database)

@@ -12,8 +12,6 @@ from commandline.base import CheckedCommand
 from migration_safety.rehearsal import RehearsalReport, StepReport, rehearse
 from migration_safety.rollouts import Step, UnknownRollout, get_rollout, rollouts
 
-DEFAULT_ROLLOUT = "priority"
-
 COLUMNS = (
     ("step", "step", "<16"),
     ("seconds", "seconds", ">8"),
@@ -39,12 +37,13 @@ class Command(CheckedCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
+        plans = rollouts()
         parser.add_argument(
             "--rollout",
-            default=DEFAULT_ROLLOUT,
+            default=plans[0].name if plans else None,
             help="Which rollout to rehearse: "
-            + ", ".join(f"{plan.name} ({plan.description})" for plan in rollouts())
-            + f" (default: {DEFAULT_ROLLOUT}).",
+            + ", ".join(f"{plan.name} ({plan.description})" for plan in plans)
+            + " (default: the first registered).",
         )
         parser.add_argument(
             "--tasks", default="200000", help="Legacy rows to seed (default: 200,000)."
@@ -132,7 +131,7 @@ class Command(CheckedCommand):
                 rollout,
                 using=using,
                 # Unique per run: two rehearsals on one server never share (or drop) one.
-                scratch_name=f"taskproj_rehearsal_{os.getpid()}_{secrets.token_hex(4)}",
+                scratch_name=f"rehearsal_{os.getpid()}_{secrets.token_hex(4)}",
                 tasks=tasks,
                 rate=rate,
                 clients=clients,

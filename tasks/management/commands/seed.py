@@ -6,8 +6,8 @@ from django.core.management.base import CommandError, CommandParser
 
 from backfills.inspection import column_state
 from commandline.base import CheckedCommand
-from tasks.models import Category, Task
-from tasks.seeding import seed
+from tasks.models import Category, Task, Workspace
+from tasks.seeding import ReferenceDataMissing, seed
 
 # The columns that arrived on the live table, each with the flag that leaves it out, the
 # migration that adds it and the last one before it is NOT NULL.
@@ -57,17 +57,22 @@ class Command(CheckedCommand):
         self.require_tables(using, Task, Category)
         written = {field: self.check_column(field, options, using) for field in ROLLED_OUT}
 
-        with self.progress_bar(total=tasks, unit="task", enabled=not options["no_progress"]) as bar:
-            result = seed(
-                tasks=tasks,
-                users=users,
-                seed=seed_value,
-                batch_size=batch_size,
-                using=using,
-                with_priority=written["priority"],
-                with_workspace=written["workspace"],
-                on_batch=bar.update,
-            )
+        try:
+            with self.progress_bar(
+                total=tasks, unit="task", enabled=not options["no_progress"]
+            ) as bar:
+                result = seed(
+                    tasks=tasks,
+                    users=users,
+                    seed=seed_value,
+                    batch_size=batch_size,
+                    using=using,
+                    with_priority=written["priority"],
+                    with_workspace=written["workspace"],
+                    on_batch=bar.update,
+                )
+        except (ReferenceDataMissing, Workspace.DoesNotExist) as exc:
+            raise CommandError(f"{exc} Nothing was seeded.") from exc
 
         if result.loaded_reference_data and options["verbosity"] >= 1:
             self.stdout.write("Loaded the reference fixtures (workspaces, categories, roles).")
