@@ -91,9 +91,9 @@ def variant(template: str, backfill: str, *name: str) -> tuple[int, float]:
 
 def command(
     template: str, backfill: str, batch_size: int | None, workers: int = 1
-) -> tuple[float, int, list[tuple[float, float]], list[int]]:
-    """Wall seconds, peak RSS (KiB), per-batch (whole, row locks held) ms and batch sizes of
-    the whole command process."""
+) -> tuple[float, int, list[tuple[float, float]], list[int], float]:
+    """Wall seconds, peak RSS (KiB), per-batch (whole, row locks held) ms, batch sizes of the
+    whole command process, and the seconds of the run inside it."""
     size = [] if batch_size is None else [f"--batch-size={batch_size}", "--target-batch-ms=0"]
     with copy_of(template, "taskproj_bench_command") as env:
         seconds, peak, out = run(
@@ -109,12 +109,15 @@ def command(
             env_extra=env,
         )
     assert "NULL rows left: 0" in out, out[-500:]
+    # The command's own time for the run (from opening it to its summary): what the whole
+    # process adds beyond it is start-up, the checks before the run and the exit.
+    inside = float(re.search(r"batches, ([\d.]+) s \(", out).group(1))
     batch_ms = [
         (float(whole), float(locked))
         for whole, locked in re.findall(r"rows in (\d+) ms \(row locks held (\d+) ms\)", out)
     ]
     sizes = [int(size.replace(",", "")) for size in re.findall(r"batch of ([\d,]+) keys", out)]
-    return seconds, peak, batch_ms, sizes
+    return seconds, peak, batch_ms, sizes, inside
 
 
 def measure(backfill: str, args) -> dict:
@@ -187,8 +190,8 @@ def section(backfill: str, measured: dict, args) -> list[str]:
         )
 
     def batches(label: str, name: str) -> str:
-        batch_ms = [ms for _, _, run_ms, _ in runs[name] for ms in run_ms]
-        sizes = [size for _, _, _, run_sizes in runs[name] for size in run_sizes]
+        batch_ms = [ms for _, _, run_ms, _, _ in runs[name] for ms in run_ms]
+        sizes = [size for _, _, _, run_sizes, _ in runs[name] for size in run_sizes]
         whole = [ms for ms, _ in batch_ms]
         locked = [ms for _, ms in batch_ms]
         return (
@@ -197,6 +200,15 @@ def section(backfill: str, measured: dict, args) -> list[str]:
             f"**p99 {percentile(locked, 0.99):.0f} ms** (target ≤ 100 ms), max {max(locked):.0f}"
             f" ms; the whole batch p50 {statistics.median(whole):.0f} ms, p99 "
             f"{percentile(whole, 0.99):.0f} ms."
+        )
+
+    def inside(name: str) -> str:
+        """The run inside the process against the loop: the share the whole process adds."""
+        run_seconds = statistics.median(measured_inside for *_, measured_inside in runs[name])
+        fixed = median[name] - run_seconds
+        return (
+            f"{run_seconds:.1f} s inside the process ({median[loop[name]] / run_seconds:.2f}× the "
+            f"loop), {fixed:.2f} s of start-up, checks and exit around it"
         )
 
     def width(loop: str) -> str:
@@ -225,7 +237,8 @@ def section(backfill: str, measured: dict, args) -> list[str]:
         "",
         f"- Command ÷ bare loop on as many connections, round by round: 1 worker "
         f"{per_round('command 1')}; {workers} workers {per_round('command N')} "
-        f"(target ≥ {TARGET}×).",
+        f"(target ≥ {TARGET}×). The run alone: 1 worker {inside('command 1')}; "
+        f"{workers} workers {inside('command N')}.",
         batches("1 worker", "command 1"),
         batches(f"{workers} workers", "command N"),
         f"- Peak memory of the command: {peak / 1024:.0f} MiB at {args.tasks:,} rows, "

@@ -47,7 +47,14 @@ def test_task_list_shows_columns_filters_search_and_date_hierarchy(client, demo_
 
     assert response.status_code == 200
     html = response.content.decode()
-    for column in ("column-title", "column-status", "column-due_date", "column-category"):
+    for column in (
+        "column-title",
+        "column-status",
+        "column-priority_level",
+        "column-due_date",
+        "column-category",
+        "column-workspace_name",
+    ):
         assert column in html
     assert "column-assignee" in html
     assert 'id="changelist-search"' in html
@@ -72,6 +79,43 @@ def test_task_list_filters_and_search(client, demo_data, query, expected):
     assert response.status_code == 200
     shown = {task.title for task in response.context["cl"].result_list}
     assert shown == expected
+
+
+def test_sorting_the_task_list_by_priority_follows_rank_not_the_alphabet(client, demo_data):
+    client.force_login(staff_in("Member"))
+    Task.objects.all().delete()
+    for level in ("low", "urgent", "medium", "high"):
+        Task.objects.create(title=level, priority=level)
+
+    descending = client.get(TASKS + "?o=-3")  # the priority column
+    ascending = client.get(TASKS + "?o=3")
+    urgent = client.get(TASKS + "?priority=urgent")
+
+    assert [t.priority for t in descending.context["cl"].result_list] == [
+        "urgent",
+        "high",
+        "medium",
+        "low",
+    ]
+    assert [t.priority for t in ascending.context["cl"].result_list] == [
+        "low",
+        "medium",
+        "high",
+        "urgent",
+    ]
+    assert [t.title for t in urgent.context["cl"].result_list] == ["urgent"]
+
+
+def test_task_list_filters_by_workspace_and_shows_it_read_only(client, demo_data):
+    client.force_login(staff_in("Member"))
+    task = Task.objects.get(title="Sketch the new task board")
+
+    listing = client.get(TASKS + f"?workspace={task.workspace_id}")
+    page = client.get(reverse("admin:tasks_task_change", args=[task.pk]))
+
+    assert {t.workspace_id for t in listing.context["cl"].result_list} == {task.workspace_id}
+    assert "field-workspace" in page.content.decode()
+    assert "workspace" not in page.context["adminform"].form.fields
 
 
 def test_task_list_filters_by_category(client, demo_data):
