@@ -202,7 +202,7 @@ BACKFILL_WORKER_SLEEP_SECONDS = env_float("BACKFILL_WORKER_SLEEP_SECONDS", 0.0)
 BACKFILL_TARGET_BATCH_MS = env_float("BACKFILL_TARGET_BATCH_MS", 60.0)
 # Connections that fill a run in parallel, each walking its own lane of keys (PostgreSQL only):
 # the default of backfill --workers and of the admin's Start. One is the gentlest;
-# two fill 1.45-1.73x faster on 2 cores, with twice the load (docs/benchmarks.md).
+# two fill 1.5-1.7x faster on 2 cores, with twice the load (docs/benchmarks.md).
 BACKFILL_WORKERS = env_int("BACKFILL_WORKERS", 1)
 # Health throttling: back off this long when a signal trips.
 BACKFILL_BACKOFF_SECONDS = env_float("BACKFILL_BACKOFF_SECONDS", 5.0)
