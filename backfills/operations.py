@@ -56,11 +56,13 @@ class RunBackfill(BackfillOperation):
     """Fill every row the backfill ``name`` still has pending, batch by batch.
 
     Carries on the run the command or the workers left open (same parameters, same ledger), or
-    starts one; a quick no-op where the backfill already finished. Each batch commits on its
-    own, so use it in a non-atomic migration: in a transaction the batches' row locks would be
-    held on the whole table until the migration commits. The scans it needs run without
-    ``manage.py migrate``'s short statement_timeout (each batch sets its own). Reversing keeps
-    the filled values: they are valid in every earlier state.
+    starts one; a quick no-op where the backfill already finished. Rows still arriving after
+    four walks (code that predates the column) are left to the next step, the run open; a run
+    an operator pauses or cancels meanwhile makes the migration fail, unrecorded. Each batch
+    commits on its own, so use it in a non-atomic migration: in a transaction the batches' row
+    locks would be held on the whole table until the migration commits. The scans it needs run
+    without ``manage.py migrate``'s short statement_timeout (each batch sets its own). Reversing
+    keeps the filled values: they are valid in every earlier state.
     """
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
@@ -79,18 +81,16 @@ class RunBackfill(BackfillOperation):
                 f"RunBackfill({self.name!r}) stopped: {exc}. Every committed batch is "
                 "checkpointed; migrate again to resume."
             ) from exc
-        if not result.finished:
+        # Rows that keep arriving behind the walks come from code that predates the column,
+        # which may still run here (priority's contract fills its rows with a default; a
+        # contract without one checks with EnsureBackfillFinished): the run stays open for
+        # the next step. A run an operator stopped is not finished: this migration is not.
+        if result.stopped in ("paused", "cancelled"):
             raise BackfillNotFinished(
-                f"RunBackfill({self.name!r}) stopped before the end ({result.stopped}); the run "
-                f"stays open with its checkpoint and this migration is not recorded. "
-                + (
-                    "Resume the run (manage.py backfill NAME --resume) and migrate again.".replace(
-                        "NAME", self.name
-                    )
-                    if result.stopped in ("paused", "cancelled")
-                    else "Code that predates the column may still be writing rows: retire it, "
-                    "then migrate again."
-                )
+                f"RunBackfill({self.name!r}) stopped before the end: the run was "
+                f"{result.stopped} meanwhile; it keeps its checkpoint, and this migration is not "
+                f"recorded. Resume it (manage.py backfill {self.name} --resume, or start a new "
+                "one), then migrate again."
             )
 
     def describe(self) -> str:

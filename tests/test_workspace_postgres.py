@@ -133,7 +133,7 @@ def test_a_data_migration_paused_half_way_is_not_recorded_as_done(workspace_expa
         blocker.close()
 
     # then: the migration stops, says so in one line, and is not recorded as applied
-    with pytest.raises(CommandError, match="stopped before the end .paused.; the run stays open"):
+    with pytest.raises(CommandError, match="stopped before the end: the run was paused meanwhile"):
         finished(migration, outcome)
     recorder = MigrationRecorder(connection).migration_qs
     assert not recorder.filter(app="tasks", name="0008_workspace_backfill").exists()
