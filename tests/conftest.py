@@ -13,9 +13,10 @@ import pytest
 from django.conf import settings
 
 from tasks.models import Category
+from tasks.seeding import REFERENCE_FIXTURES
+from tests.helpers import rewind_to
 
 # Loaded by `manage.py loaddata` in this order: categories name their workspace.
-REFERENCE_FIXTURES = ("workspaces", "categories", "roles")
 
 IS_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
@@ -90,34 +91,18 @@ def category(db) -> Category:
     return Category.objects.create(name="Engineering", slug="engineering")
 
 
-def rewind_to(step: str, *fixtures: str):
-    """Production at ``step`` of tasks' migrations, with its reference data (and
-    ``fixtures``), for one test.
-
-    The fixtures are written for today's models, so they are loaded on the fully migrated
-    schema, then tasks is migrated back to ``step`` (the rows stay, without the columns that
-    came later); forward again afterwards. At an earlier step, today's Task model does not
-    match the table: tests there use the model of that step (tests/helpers.py, ``model_at``).
-    """
-    from django.core.management import call_command
-
-    call_command("migrate", "tasks", verbosity=0)
-    call_command("loaddata", *REFERENCE_FIXTURES, "operators", *fixtures, verbosity=0)
-    call_command("migrate", "tasks", step, verbosity=0)
-    yield
-    call_command("migrate", "tasks", verbosity=0)
-
-
 @pytest.fixture
 def expand_step(transactional_db):
     """The database between the priority rollout's expand and contract steps: priority exists
     and may be NULL (tasks at 0002_priority_expand; the Task model of that step is
     ``tests.helpers.PriorityStepTask``)."""
-    yield from rewind_to("0002_priority_expand")
+    with rewind_to("0002_priority_expand"):
+        yield
 
 
 @pytest.fixture
 def workspace_expand_step(transactional_db):
     """The database between the workspace rollout's expand and contract steps: workspace_id
     exists and may be NULL (tasks at 0007_workspace_expand); today's models work here."""
-    yield from rewind_to("0007_workspace_expand")
+    with rewind_to("0007_workspace_expand"):
+        yield

@@ -4,8 +4,10 @@ import datetime
 import functools
 import threading
 import time
+from contextlib import contextmanager
 from io import StringIO
 
+from django.core.management import call_command
 from django.db import connection, connections, models
 from django.db.migrations.loader import MigrationLoader
 
@@ -13,6 +15,7 @@ from backfills.engine import BatchPolicy
 from backfills.orchestration import fill
 from backfills.registry import get_definition
 from tasks.models import Task
+from tasks.seeding import REFERENCE_FIXTURES
 
 
 @functools.cache
@@ -22,6 +25,26 @@ def model_at(label: str, migration: str) -> type[models.Model]:
     app_label, model_name = label.split(".")
     state = MigrationLoader(None, ignore_no_migrations=True).project_state((app_label, migration))
     return state.apps.get_model(app_label, model_name)
+
+
+@contextmanager
+def rewind_to(step: str, *fixtures: str):
+    """Production at ``step`` of tasks' migrations, with its reference data (and
+    ``fixtures``), for one test.
+
+    The fixtures are written for today's models, so they are loaded on the fully migrated
+    schema, then tasks is migrated back to ``step`` (the rows stay, without the columns that
+    came later); forward again afterwards, even when the test fails. At an earlier step,
+    today's Task model does not match the table: tests there use the model of that step
+    (``model_at``).
+    """
+    call_command("migrate", "tasks", verbosity=0)
+    call_command("loaddata", *REFERENCE_FIXTURES, "operators", *fixtures, verbosity=0)
+    call_command("migrate", "tasks", step, verbosity=0)
+    try:
+        yield
+    finally:
+        call_command("migrate", "tasks", verbosity=0)
 
 
 # Task as the code of the priority rollout knew it: priority nullable, no workspace yet.
@@ -34,6 +57,16 @@ def create_legacy_tasks(tasks: list[Task]) -> list[Task]:
     created = Task.objects.bulk_create(tasks)
     Task.objects.filter(pk__in=[task.pk for task in created]).update(workspace=None)
     return created
+
+
+def backfill_output(command: str, *args, **options) -> str:
+    """Run a backfill command (``backfill`` or its ``backfill_priority`` alias); return its
+    stdout. Batches keep their --batch-size unless a target is given, so that batch counts are
+    predictable (adaptive sizing has tests of its own)."""
+    out = StringIO()
+    options.setdefault("target_batch_ms", "0")
+    call_command(command, *args, no_progress=True, stdout=out, **options)
+    return out.getvalue()
 
 
 def wait_until(predicate, *, timeout: float = 60, what: str = "condition") -> None:

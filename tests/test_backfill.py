@@ -1,6 +1,7 @@
 """backfill_priority and the engine behind it, on the run's database (SQLite or PostgreSQL)."""
 
 import datetime
+import functools
 import re
 import subprocess
 import sys
@@ -21,10 +22,15 @@ from backfills.models import BackfillRun
 from backfills.orchestration import fill
 from tasks.priority import PriorityRule
 from tests.conftest import IS_POSTGRES
-from tests.helpers import PRIORITY, Terminal, model_at, priority_run_parameters, reference_date
-
-# The priority rollout's steps ran the code of that time: its Task model, not today's.
-Task = model_at("tasks.Task", "0002_priority_expand")
+from tests.helpers import (
+    PRIORITY,
+    Terminal,
+    backfill_output,
+    priority_run_parameters,
+    reference_date,
+    rewind_to,
+)
+from tests.helpers import PriorityStepTask as Task  # the priority steps ran the code of that time
 
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = timezone.localdate()
@@ -45,13 +51,7 @@ def legacy_tasks(count: int, *, ids: list[int] | None = None) -> list[Task]:
     return Task.objects.bulk_create(rows)
 
 
-def backfill(**options) -> str:
-    """Run the command; batches keep their --batch-size unless a target is given, so that
-    batch counts are predictable (adaptive sizing has tests of its own)."""
-    out = StringIO()
-    options.setdefault("target_batch_ms", "0")
-    call_command("backfill_priority", no_progress=True, stdout=out, **options)
-    return out.getvalue()
+backfill = functools.partial(backfill_output, "backfill_priority")
 
 
 def nulls() -> int:
@@ -303,12 +303,9 @@ def test_bad_arguments_exit_with_code_1_from_the_command_line():
 
 
 def test_before_the_expand_step_it_says_which_migration_to_apply(transactional_db):
-    call_command("migrate", "tasks", "0001", verbosity=0)
-    try:
+    with rewind_to("0001_initial"):
         with pytest.raises(CommandError, match="migrate tasks 0002_priority_expand"):
             backfill()
-    finally:
-        call_command("migrate", "tasks", verbosity=0)
 
 
 @pytest.mark.django_db

@@ -27,8 +27,14 @@ from backfills.inspection import estimate_pending
 from backfills.leases import claim
 from backfills.models import BackfillRun
 from backfills.orchestration import fill
-from tests.conftest import rewind_to
-from tests.helpers import PRIORITY, model_at, priority_run_parameters, reference_date, wait_until
+from tests.helpers import (
+    PRIORITY,
+    priority_run_parameters,
+    reference_date,
+    rewind_to,
+    wait_until,
+)
+from tests.helpers import PriorityStepTask as Task  # the priority steps ran the code of that time
 from tests.test_backfill_postgres import (
     assert_rule_applied_to,
     conninfo,
@@ -36,9 +42,6 @@ from tests.test_backfill_postgres import (
     hold_row_lock,
     seed_legacy,
 )
-
-# The priority rollout's steps ran the code of that time: its Task model, not today's.
-Task = model_at("tasks.Task", "0002_priority_expand")
 
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = datetime.date(2026, 11, 26)
@@ -73,9 +76,7 @@ def events(run: BackfillRun) -> list[tuple[str, str]]:
 
 def test_the_estimate_of_a_fresh_column_comes_from_statistics_gathered_for_it(transactional_db):
     # given: 5,000 rows analysed before the column existed, so it has no statistics yet
-    rewind = rewind_to("0001_initial")
-    next(rewind)
-    try:
+    with rewind_to("0001_initial"):
         seed_legacy(5_000)
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE tasks_task")
@@ -88,8 +89,6 @@ def test_the_estimate_of_a_fresh_column_comes_from_statistics_gathered_for_it(tr
 
         # then: close to the truth, not the planner's 0.5% guess for IS NULL without statistics
         assert 4_500 <= estimate <= 5_500
-    finally:
-        next(rewind, None)
 
 
 # -- steering a running process --------------------------------------------------------------

@@ -1,15 +1,15 @@
 """Parallel lanes (backfill_priority --workers N): several connections fill one run, each
 walking its own key range with its own checkpoint, on real PostgreSQL."""
 
+import functools
 import re
 import signal
 import subprocess
 import threading
 import time
-from io import StringIO
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.db import DatabaseError, connection
 from django.db.models import Q, Sum
 from django.utils import timezone
@@ -19,22 +19,24 @@ from backfills.engine import Backfill, BatchPolicy
 from backfills.lanes import plan_lanes
 from backfills.models import BackfillLane, BackfillRun
 from backfills.orchestration import fill
-from tests.helpers import PRIORITY, model_at, priority_run_parameters, reference_date, wait_until
+from tests.helpers import (
+    PRIORITY,
+    backfill_output,
+    model_at,
+    priority_run_parameters,
+    reference_date,
+    wait_until,
+)
+from tests.helpers import PriorityStepTask as Task  # the priority steps ran the code of that time
 from tests.test_backfill_operations_postgres import manage
 from tests.test_backfill_postgres import assert_rule_applied_to, hold_row_lock, seed_legacy
 
-# The priority rollout's steps ran the code of that time: its Task model, not today's.
-Task = model_at("tasks.Task", "0002_priority_expand")
 Category = model_at("tasks.Category", "0002_priority_expand")
 
 pytestmark = pytest.mark.postgres
 
 
-def backfill(**options) -> str:
-    out = StringIO()
-    options.setdefault("target_batch_ms", "0")
-    call_command("backfill_priority", no_progress=True, stdout=out, **options)
-    return out.getvalue()
+backfill = functools.partial(backfill_output, "backfill_priority")
 
 
 def assert_lanes_match_the_data(run: BackfillRun) -> None:

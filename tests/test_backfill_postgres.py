@@ -23,13 +23,10 @@ from tasks.priority import PriorityRule
 from tests.helpers import (
     PRIORITY,
     fill_while_the_application_writes,
-    model_at,
     reference_date,
     wait_until,
 )
-
-# The priority rollout's steps ran the code of that time: its Task model, not today's.
-Task = model_at("tasks.Task", "0002_priority_expand")
+from tests.helpers import PriorityStepTask as Task  # the priority steps ran the code of that time
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.postgres

@@ -18,11 +18,8 @@ from backfills import orchestration
 from backfills.controls import RunStateError, cancel_run, pause_run, resume_run, retry_run
 from backfills.leases import RateMeter, claim
 from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent
-from tests.conftest import rewind_to
-from tests.helpers import PRIORITY, model_at, priority_run_parameters
-
-# The priority rollout's steps ran the code of that time: its Task model, not today's.
-Task = model_at("tasks.Task", "0002_priority_expand")
+from tests.helpers import PRIORITY, priority_run_parameters, rewind_to
+from tests.helpers import PriorityStepTask as Task  # the priority steps ran the code of that time
 
 RUNS = reverse("admin:backfills_backfillrun_changelist")
 Status = BackfillRun.Status
@@ -433,11 +430,9 @@ def test_start_from_the_admin_with_nothing_to_fill_says_so_and_writes_nothing(al
 def alice_at_expand(transactional_db, client):
     """alice logged in, on a database between the priority rollout's expand and contract
     steps (the demo data loaded before it was migrated back there)."""
-    rewind = rewind_to("0002_priority_expand", "demo")
-    next(rewind)
-    client.force_login(get_user_model().objects.get(username="alice"))
-    yield client
-    next(rewind, None)
+    with rewind_to("0002_priority_expand", "demo"):
+        client.force_login(get_user_model().objects.get(username="alice"))
+        yield client
 
 
 def test_start_from_the_admin_enqueues_the_run_for_task_workers(alice_at_expand):

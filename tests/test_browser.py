@@ -17,7 +17,7 @@ from django.db import connections
 
 from backfills.models import BackfillRun
 from tasks.models import Task
-from tests.conftest import rewind_to
+from tests.helpers import rewind_to
 from tests.test_backfill_postgres import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,10 +88,8 @@ def rows_done() -> int:
 @pytest.fixture
 def demo_at_workspace_expand(transactional_db):
     """The demo data, then tasks migrated back to the workspace rollout's expand step."""
-    rewind = rewind_to("0007_workspace_expand", "demo")
-    next(rewind)
-    yield
-    next(rewind, None)
+    with rewind_to("0007_workspace_expand", "demo"):
+        yield
 
 
 def test_an_operator_filters_sorts_and_runs_a_backfill_from_the_admin(

@@ -7,6 +7,7 @@ from django.core.management import call_command
 from django.core.serializers.base import DeserializationError
 
 from tasks.models import Category, Task, Workspace
+from tasks.seeding import REFERENCE_FIXTURES
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +23,7 @@ def counts() -> dict[str, int]:
 
 def test_fixtures_load_on_a_fresh_database():
     # when
-    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
+    call_command("loaddata", *REFERENCE_FIXTURES, "operators", "demo", verbosity=0)
 
     # then
     assert counts() == {"categories": 7, "groups": 4, "users": 3, "tasks": 8}
@@ -45,11 +46,11 @@ def test_fixtures_load_on_a_fresh_database():
 
 def test_loading_the_fixtures_twice_creates_no_duplicates():
     # given
-    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
+    call_command("loaddata", *REFERENCE_FIXTURES, "operators", "demo", verbosity=0)
     first = counts()
 
     # when
-    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
+    call_command("loaddata", *REFERENCE_FIXTURES, "operators", "demo", verbosity=0)
 
     # then
     assert counts() == first
@@ -66,9 +67,7 @@ def test_roles_grant_permissions_by_natural_key():
     assert perms("Member") == {"add_task", "change_task", "view_task", "view_category", "view_user"}
 
 
-def test_operators_view_and_steer_backfill_runs_and_alice_is_one():
-    call_command("loaddata", "workspaces", "categories", "roles", "operators", "demo", verbosity=0)
-
+def test_operators_view_and_steer_backfill_runs_and_alice_is_one(demo_data):
     operators = Group.objects.get(name="Operators")
     alice = get_user_model().objects.get(username="alice")
 

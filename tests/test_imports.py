@@ -50,11 +50,6 @@ def test_the_reusable_packages_never_import_the_apps_above_them(package, allowed
         assert imported - {package} <= allowed, f"{module} imports {imported - {package}}"
 
 
-def test_the_backfills_app_never_imports_tasks():
-    offenders = {m for m, imported in imported_packages("backfills").items() if "tasks" in imported}
-    assert offenders == set()
-
-
 def test_there_is_no_import_circle_between_modules():
     known = {name for package in PACKAGES for name in modules(package)}
     graph = {}

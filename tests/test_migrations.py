@@ -16,10 +16,13 @@ from backfills.operations import BackfillNotFinished
 from tasks.models import Task as CurrentTask
 from tasks.models import Workspace
 from tasks.priority import PriorityRule
-from tests.helpers import model_at, priority_run_parameters, reference_date, statements_sent
-
-# The priority rollout's steps ran the code of that time: its Task model, not today's.
-Task = model_at("tasks.Task", "0002_priority_expand")
+from tests.helpers import PriorityStepTask as Task  # the priority steps ran the code of that time
+from tests.helpers import (
+    model_at,
+    priority_run_parameters,
+    reference_date,
+    statements_sent,
+)
 
 STEPS = [
     "0001_initial",

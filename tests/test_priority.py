@@ -6,8 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.models import Task
-from tasks.priority import Priority, PriorityRule
+from tasks.priority import Priority, PriorityRule, priority_rank
 from tasks.services import task_create
+from tests.helpers import PriorityStepTask
 
 TODAY = datetime.date(2026, 3, 10)
 DAY = datetime.timedelta(days=1)
@@ -86,6 +87,16 @@ def test_sorting_by_priority_follows_rank_not_the_alphabet():
     ordered = Task.objects.order_by_priority().values_list("priority", flat=True)
 
     assert list(ordered) == ["urgent", "high", "medium", "low"]
+
+
+def test_a_row_not_backfilled_yet_ranks_below_every_priority(expand_step):
+    # given: rows of the priority rollout's time, one still NULL
+    for title, priority in [("a", "low"), ("b", None), ("c", "urgent")]:
+        PriorityStepTask.objects.create(title=title, priority=priority)
+
+    ranked = PriorityStepTask.objects.annotate(rank=priority_rank()).order_by("-rank")
+
+    assert list(ranked.values_list("title", "rank")) == [("c", 4), ("a", 1), ("b", 0)]
 
 
 @pytest.mark.django_db

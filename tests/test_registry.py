@@ -1,5 +1,6 @@
 """The registry of backfills and the one generic command that runs any of them."""
 
+import functools
 import subprocess
 import sys
 from io import StringIO
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db.models import Q, Value
+from django.utils import timezone
 
 from backfills.models import BackfillRun
 from backfills.registry import (
@@ -20,17 +22,19 @@ from backfills.registry import (
     unregister,
 )
 from tasks.models import Task
-from tests.helpers import PRIORITY, WORKSPACE, create_legacy_tasks
+from tests.helpers import (
+    PRIORITY,
+    WORKSPACE,
+    PriorityStepTask,
+    backfill_output,
+    create_legacy_tasks,
+)
 from tests.test_backfill import BAD_ARGUMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def backfill(*args, **options) -> str:
-    out = StringIO()
-    options.setdefault("target_batch_ms", "0")
-    call_command("backfill", *args, no_progress=True, stdout=out, **options)
-    return out.getvalue()
+backfill = functools.partial(backfill_output, "backfill")
 
 
 def test_both_backfills_are_registered_by_the_app_that_owns_the_table():
@@ -163,36 +167,46 @@ def test_an_unknown_name_exits_with_code_1_from_the_command_line():
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("name", [PRIORITY.name, WORKSPACE.name])
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        # The priority spelling of each is tested at its expand step (test_backfill.py).
         *BAD_ARGUMENTS,
         ({"pause": True, "cancel": True}, "Use only one of --pause, --resume, --cancel"),
         ({"status": True, "restart": True}, "cannot be combined with --restart"),
-        ({"pause": True}, "There is no open tasks.task.\\w+ run to pause"),
+        ({"pause": True}, "There is no open tasks.task.workspace run to pause"),
     ],
 )
-@pytest.mark.django_db
-def test_bad_arguments_for_either_backfill_fail_clearly_and_write_nothing(name, options, message):
-    for i in range(5):
-        Task.objects.create(title=f"task {i}")
-    before = list(Task.objects.values_list("pk", "priority", "workspace", "updated_at"))
+def test_bad_arguments_for_the_workspace_backfill_fail_clearly_and_write_nothing(
+    workspace_expand_step, options, message
+):
+    # given: rows the backfill would fill
+    create_legacy_tasks([Task(title=f"task {i}") for i in range(5)])
+    before = list(Task.objects.values_list("pk", "workspace", "updated_at"))
 
     with pytest.raises(CommandError, match=message):
-        backfill(name, **options)
+        backfill(WORKSPACE.name, **options)
 
-    assert list(Task.objects.values_list("pk", "priority", "workspace", "updated_at")) == before
+    assert list(Task.objects.values_list("pk", "workspace", "updated_at")) == before
+    assert Task.objects.filter(workspace__isnull=True).count() == 5
     assert not BackfillRun.objects.exists()
 
 
 def test_backfill_priority_is_the_generic_command_for_tasks_task_priority(expand_step):
-    # given: the same state twice over, filled by each spelling
+    # given: rows of each priority to come, previewed by each spelling
+    PriorityStepTask.objects.bulk_create(
+        PriorityStepTask(title=f"task {i}", status=status, due_date=due)
+        for i, (status, due) in enumerate(
+            [("done", None), ("todo", None), ("todo", timezone.localdate()), ("blocked", None)]
+        )
+    )
     alias, generic = StringIO(), StringIO()
     call_command("backfill_priority", dry_run=True, stdout=alias)
     call_command("backfill", PRIORITY.name, dry_run=True, stdout=generic)
 
     assert alias.getvalue() == generic.getvalue()
+    counts = [line.split() for line in alias.getvalue().splitlines()[1:-1]]
+    assert counts == [["Urgent", "1"], ["High", "0"], ["Medium", "2"], ["Low", "1"], ["Total", "4"]]
     assert "Dry run (reference date " in alias.getvalue()
     with pytest.raises(CommandError, match="unrecognized arguments: tasks.task.workspace"):
         call_command("backfill_priority", WORKSPACE.name)

@@ -15,8 +15,7 @@ from django.utils import timezone
 
 from tasks.models import Category, Task, Workspace
 from tasks.seeding import PROTOTYPE_POOL_SIZE
-from tests.conftest import rewind_to
-from tests.helpers import Terminal
+from tests.helpers import Terminal, rewind_to
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,16 +258,10 @@ def test_without_a_default_workspace_it_says_what_to_load_and_seeds_nothing(refe
     assert (Task.objects.count(), get_user_model().objects.count()) == (0, users)
 
 
-def test_without_workspace_is_refused_once_the_column_is_not_null():
-    with pytest.raises(CommandError, match="workspace is NOT NULL here"):
-        seed(tasks=10, without_workspace=True)
-
-    assert Task.objects.count() == 0
-
-
-def test_without_priority_is_refused_once_the_column_is_not_null():
-    with pytest.raises(CommandError, match="priority is NOT NULL here"):
-        seed(tasks=10, without_priority=True)
+@pytest.mark.parametrize("column", ["priority", "workspace"])
+def test_without_a_column_is_refused_once_the_column_is_not_null(column):
+    with pytest.raises(CommandError, match=f"{column} is NOT NULL here"):
+        seed(tasks=10, **{f"without_{column}": True})
 
     assert Task.objects.count() == 0
 
@@ -284,14 +277,10 @@ def test_without_priority_is_refused_once_the_column_is_not_null():
 def test_seeding_before_an_expand_step_needs_its_without_flag(
     transactional_db, step, flags, message
 ):
-    rewind = rewind_to(step)
-    next(rewind)
-    try:
+    with rewind_to(step):
         with pytest.raises(CommandError, match=message):
             seed(tasks=10, **flags)
         seed(tasks=10, users=1, seed=1, without_priority=step < "0002", without_workspace=True)
         with connection.cursor() as cursor:
             cursor.execute("SELECT COUNT(*) FROM tasks_task")
             assert cursor.fetchone()[0] == 10
-    finally:
-        next(rewind, None)

@@ -22,14 +22,12 @@ def test_concurrent_writes_during_the_workspace_backfill_overwrite_nothing(
 ):
     # given: 15,000 rows written before the column, and the application writing meanwhile:
     # old code (no workspace) and today's code (which also moves tasks between workspaces)
-    from django.core.management import call_command
-
-    call_command(
-        "seed", tasks=15_000, users=3, seed=5, without_workspace=True, no_progress=True, verbosity=0
-    )
+    legacy_rows(15_000, users=3, seed=5)
     legacy_ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
     categories = list(Category.objects.order_by("slug"))
     business = Workspace.objects.get(slug="business")
+    by_rule = workspaces_by_an_independent_query()
+    movable = [pk for pk in legacy_ids if by_rule[pk] != business.pk]
     inserted: list[int] = []  # by old code: NULL workspace
     created: list[int] = []  # by today's code
     moved: list[int] = []  # a workspace the rule would not give: must be kept
@@ -55,8 +53,10 @@ def test_concurrent_writes_during_the_workspace_backfill_overwrite_nothing(
         n = 0
         while not stop.is_set():
             n += 1
-            created.append(task_create(title=f"new {n}", category=categories[n % 7]).pk)
-            pk = legacy_ids[(n * 7919) % len(legacy_ids)]
+            created.append(
+                task_create(title=f"new {n}", category=categories[n % len(categories)]).pk
+            )
+            pk = movable[(n * 7919) % len(movable)]
             if Task.objects.filter(pk=pk, workspace__isnull=True).update(workspace=business):
                 moved.append(pk)
 
@@ -77,11 +77,18 @@ def test_concurrent_writes_during_the_workspace_backfill_overwrite_nothing(
     assert {pk: stored[pk] for pk in untouched} == {pk: expected[pk] for pk in untouched}
 
 
-def legacy_rows(count: int) -> None:
+def legacy_rows(count: int, *, users: int = 1, seed: int = 2) -> None:
+    """``count`` rows as the code before the workspace column wrote them."""
     from django.core.management import call_command
 
     call_command(
-        "seed", tasks=count, users=1, seed=2, without_workspace=True, no_progress=True, verbosity=0
+        "seed",
+        tasks=count,
+        users=users,
+        seed=seed,
+        without_workspace=True,
+        no_progress=True,
+        verbosity=0,
     )
 
 
