@@ -45,7 +45,7 @@ def table(report: dict, exit_code: int) -> list[str]:
         f"{settings['stall_limit_ms']:,} ms.",
         "",
         "| step | seconds | app queries | failed | p50 ms | p99 ms | max ms (slowest kind) | "
-        "longest lock wait ms | rows backfilled | migrate lock retries |",
+        "longest lock wait ms | rows backfilled | migrate lock timeouts |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for step in report["steps"]:
@@ -55,7 +55,7 @@ def table(report: dict, exit_code: int) -> list[str]:
             f"| {step['step']} | {step['seconds']:.1f} | {step['queries']:,} | "
             f"{step['failed_queries']} | {step['p50_ms']:.1f} | {step['p99_ms']:.1f} | "
             f"{step['max_ms']:,.0f} ({slowest}) | {step['longest_lock_wait_ms']:,.0f} | "
-            f"{step['rows_backfilled']:,} | {step['migration_lock_retries']} |"
+            f"{step['rows_backfilled']:,} | {step['migration_lock_timeouts']} |"
         )
     lines += [
         "",

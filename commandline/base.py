@@ -9,6 +9,17 @@ from django.db import DEFAULT_DB_ALIAS, connections, models
 from tqdm import tqdm
 
 
+def known_database(alias: str) -> str:
+    """Return ``alias`` if settings.DATABASES defines it, else fail saying which exist (for
+    commands that cannot derive from :class:`CheckedCommand`)."""
+    if alias not in connections:
+        known = ", ".join(sorted(connections))
+        raise CommandError(
+            f"Unknown database {alias!r}. Use one of: {known} (see DATABASES in settings)."
+        )
+    return alias
+
+
 class CheckedCommand(BaseCommand):
     """A command whose bad input always ends as ``CommandError`` (exit code 1).
 
@@ -41,12 +52,7 @@ class CheckedCommand(BaseCommand):
 
     def database_alias(self, alias: str) -> str:
         """Return ``alias`` if settings.DATABASES defines it, else fail saying which exist."""
-        if alias not in connections:
-            known = ", ".join(sorted(connections))
-            raise CommandError(
-                f"Unknown database {alias!r}. Use one of: {known} (see DATABASES in settings)."
-            )
-        return alias
+        return known_database(alias)
 
     def require_tables(self, using: str, *needed: type[models.Model], hint: str = "") -> None:
         """Fail with what to run if the table of any of the ``needed`` models is missing."""

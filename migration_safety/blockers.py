@@ -78,10 +78,10 @@ def describe_blockers(*, using: str, advice: bool = True) -> str:
 
 
 def log_lock_timeout(retry_state) -> None:
-    """Retry callback for migrate: say which sessions the migration waited on."""
+    """Retry callback for migrate, called after each lock timeout (the last one too, before
+    migrate gives up), once its backoff has passed: say which sessions hold locks then."""
     logger.warning(
-        "Migration lock not granted within lock_timeout (timeout %d, %.1f s since start); "
-        "retrying.\n%s",
+        "Migration lock not granted within lock_timeout (lock timeout %d, %.1f s since start).\n%s",
         retry_state.lock_timeouts_count,
         retry_state.time_since_start.total_seconds(),
         describe_blockers(using=retry_state.database, advice=False),

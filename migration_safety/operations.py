@@ -19,6 +19,7 @@ django-pg-migration-tools' operations do the work wherever they fit; what is add
 
 import datetime
 import logging
+import time
 
 from django.db import NotSupportedError, models
 from django.db.migrations.operations import AddField, AddIndex, AlterField
@@ -31,21 +32,18 @@ from django_pg_migration_tools.operations import (
 )
 from django_pg_migration_tools.timeouts import apply_timeouts
 
-from migration_safety.timeouts import scans_without_statement_timeout, without_statement_timeout
+from migration_safety.timeouts import scans_without_statement_timeout
 
 logger = logging.getLogger(__name__)
-# A cleanup that needs ACCESS EXCLUSIVE right after the migration's own lock_timeout expired
-# waits this long for it (without the statement timeout, which would cut it off sooner): long
-# enough to get through a queue of short transactions.
-CLEANUP_LOCK_TIMEOUT = datetime.timedelta(seconds=30)
+# A cleanup that needs ACCESS EXCLUSIVE tries this many times, each waiting this long for it:
+# while it waits, every other query on the table queues behind it, so never long at a time.
+CLEANUP_ATTEMPTS = 5
+CLEANUP_LOCK_TIMEOUT = datetime.timedelta(seconds=1)
 
 
 class DatabaseOperation(Operation):
     """An operation on the database only: it changes no model state, and reversing it does
     nothing unless a subclass says otherwise. (Django's ``deconstruct`` replays the arguments.)"""
-
-    reversible = True
-    elidable = False
 
     def state_forwards(self, app_label, state) -> None:
         pass
@@ -93,9 +91,8 @@ class AlterFieldSetNotNull(SaferAlterFieldSetNotNull):
             return AlterField.database_forwards(
                 self, app_label, schema_editor, from_state, to_state
             )
-        # In a transaction the NOT VALID check's ACCESS EXCLUSIVE lock would be held through
-        # VALIDATE's scan: the very outage this operation exists to avoid.
-        ensure_not_in_transaction(schema_editor, "AlterFieldSetNotNull")
+        # (The library refuses to run in a transaction, where the NOT VALID check's ACCESS
+        # EXCLUSIVE lock would be held through VALIDATE's scan.)
         model = to_state.apps.get_model(app_label, self.model_name)
         column = model._meta.get_field(self.name).column
         try:
@@ -128,8 +125,10 @@ def drop_not_null_checks(schema_editor, table: str, column: str) -> None:
 
     Left behind, it would make every UPDATE of a row that is still NULL fail while the previous
     release is running. Found by its definition, not its name (the library's naming is its own).
-    The drop needs ACCESS EXCLUSIVE too, so it waits longer than the migration's lock_timeout,
-    which may just have expired. If even that fails, the original error is the one raised.
+    The drop needs ACCESS EXCLUSIVE too: while it waits for it every other query on the table
+    queues behind it, so it tries a few times, each under a short lock_timeout, pausing between
+    them (the migration's own lock_timeout may just have expired behind the same session). If
+    it still fails, the original error is the one raised, and the check is logged for a re-run.
     """
     connection = schema_editor.connection
     if schema_editor.collect_sql or not connection.is_usable():
@@ -143,15 +142,20 @@ def drop_not_null_checks(schema_editor, table: str, column: str) -> None:
             [quote(table), column],
         )
         names = [row[0] for row in cursor.fetchall()]
-    try:
-        with (
-            without_statement_timeout(connection),
-            apply_timeouts(using=connection.alias, lock_timeout=CLEANUP_LOCK_TIMEOUT),
-        ):
-            for name in names:
-                schema_editor.execute(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
-    except Exception:  # the caller re-raises the error that made the cleanup necessary
-        logger.exception("could not drop %s on %s after a failed NOT NULL", names, table)
+    for attempt in range(1, CLEANUP_ATTEMPTS + 1):
+        try:
+            with apply_timeouts(using=connection.alias, lock_timeout=CLEANUP_LOCK_TIMEOUT):
+                while names:
+                    schema_editor.execute(
+                        f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(names[0])}"
+                    )
+                    names.pop(0)
+            return
+        except Exception:  # the caller re-raises the error that made the cleanup necessary
+            if attempt == CLEANUP_ATTEMPTS or not connection.is_usable():
+                logger.exception("could not drop %s on %s after a failed NOT NULL", names, table)
+                return
+            time.sleep(CLEANUP_LOCK_TIMEOUT.total_seconds())
 
 
 def note_dropped_check(schema_editor) -> None:
@@ -287,8 +291,6 @@ class ValidateForeignKey(DatabaseOperation):
     check foreign keys on every write already: nothing to do there.
     """
 
-    reduces_to_sql = True
-
     def __init__(self, model_name: str, name: str) -> None:
         self.model_name = model_name
         self.name = name
@@ -309,9 +311,6 @@ class ValidateForeignKey(DatabaseOperation):
                     f"ALTER TABLE {quote(table)} VALIDATE CONSTRAINT {quote(name)}"
                 )
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
-        pass
-
     def describe(self) -> str:
         return f"Validate the foreign key {self.model_name}.{self.name}"
 
@@ -327,8 +326,6 @@ class IgnoreLint(DatabaseOperation):
     Does nothing to the database: in the SQL that sqlmigrate collects it writes ``because`` and
     squawk's ``-- squawk-ignore-file <rule>`` for each rule, so put it first in the migration.
     """
-
-    reduces_to_sql = True
 
     def __init__(self, rules: list[str], because: str) -> None:
         self.rules = list(rules)

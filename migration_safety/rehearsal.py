@@ -68,7 +68,7 @@ class StepReport:
     errors: Counter = field(default_factory=Counter)
     longest_lock_wait: float = 0.0
     rows_backfilled: int = 0
-    lock_retries: int = 0
+    lock_timeouts: int = 0
     step_error: str = ""
 
     @property
@@ -102,7 +102,7 @@ class StepReport:
             },
             "longest_lock_wait_ms": round(self.longest_lock_wait * 1000, 1),
             "rows_backfilled": self.rows_backfilled,
-            "migration_lock_retries": self.lock_retries,
+            "migration_lock_timeouts": self.lock_timeouts,
             "step_error": self.step_error,
         }
 
@@ -157,12 +157,13 @@ class RehearsalReport:
         return found
 
     def as_dict(self) -> dict[str, Any]:
+        problems = self.problems()
         return {
             "settings": self.settings,
             "steps": [step.as_dict() for step in self.steps],
             "end_state": None if self.end_state is None else vars(self.end_state),
-            "ok": not self.problems(),
-            "problems": self.problems(),
+            "ok": not problems,
+            "problems": problems,
         }
 
 
@@ -173,14 +174,12 @@ class Traffic:
         self,
         application: Application,
         *,
-        table: str,
         using: str,
         rate: float,
         clients: int,
         seed: int,
     ) -> None:
         self.application = application
-        self.table = table
         self.using = using
         self.clients = clients
         # Each thread paces itself so that all of them together make ``rate`` requests/s.
@@ -344,7 +343,8 @@ def blocker(using: str, table: str, seconds: float) -> Iterator[None]:
     """A transaction that has read ``table`` (ACCESS SHARE) and stays open ``seconds``.
 
     Like a long report or an idle-in-transaction session: an ALTER TABLE queued behind it would
-    make every later query on the table wait too, unless it gives up after lock_timeout.
+    make every later query on the table wait too, unless it gives up after lock_timeout. It ends
+    early if the block does.
     """
     holding, done = threading.Event(), threading.Event()
 
@@ -364,6 +364,7 @@ def blocker(using: str, table: str, seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
+        done.set()  # a step that ended first (it failed) does not wait the blocker out
         thread.join()
 
 
@@ -436,12 +437,11 @@ def rehearse(
     baseline_seconds: float,
     lock_timeout_ms: int,
     seed: int = 1,
-    steps: tuple[Step, ...] | None = None,
     on_step_start: Callable[[int, Step], None] | None = None,
     on_step_end: Callable[[int, StepReport], None] | None = None,
     step_stdout: io.TextIOBase | None = None,
 ) -> RehearsalReport:
-    """Rehearse ``rollout`` (or only ``steps`` of it) on a scratch database under traffic.
+    """Rehearse ``rollout`` on a scratch database under traffic.
 
     ``using`` names the server (its database is not touched). The report starts with a
     baseline (traffic and nothing else for ``baseline_seconds``) and ends with as long a phase
@@ -466,13 +466,12 @@ def rehearse(
             report.settings["server"] = cursor.fetchone()[0].split(" on ")[0]
         traffic = Traffic(
             rollout.application(),
-            table=rollout.table,
             using=alias["app"],
             rate=rate,
             clients=clients,
             seed=seed,
         )
-        phases = [Step(BASELINE, ()), *(rollout.steps if steps is None else steps), Step(AFTER, ())]
+        phases = [Step(BASELINE, ()), *rollout.steps, Step(AFTER, ())]
         traffic.start()
         try:
             for number, step in enumerate(phases):
@@ -516,8 +515,8 @@ def run_step(
     using = alias["rollout"]
     migrate_log = logging.getLogger("migration_safety.migrate")
     before = rollout.progress(using) if rollout.progress else 0
-    retries = _CountWarnings()
-    migrate_log.addHandler(retries)
+    timeouts = _CountWarnings()
+    migrate_log.addHandler(timeouts)
     if step.retires_old_code:
         traffic.old_code_retired.set()
     with traffic.lock:
@@ -539,9 +538,9 @@ def run_step(
         step_report.step_error = first_line(exc)
     finally:
         step_report.seconds = time.monotonic() - started
-        migrate_log.removeHandler(retries)
+        migrate_log.removeHandler(timeouts)
         connections[using].close()  # each step is its own process in real life
-    step_report.lock_retries = retries.count
+    step_report.lock_timeouts = timeouts.count
     if rollout.progress:
         step_report.rows_backfilled = rollout.progress(using) - before
     if step.ships_new_code:

@@ -2,9 +2,11 @@
 
 ``manage.py migrate`` runs every migration under a short ``statement_timeout``, for DDL that must
 be instant. Statements that read a whole table while letting reads and writes go on (VALIDATE
-CONSTRAINT, CREATE INDEX CONCURRENTLY, a backfill's look for pending rows) lift it here;
-``lock_timeout`` still bounds how long they wait for their lock. django-pg-migration-tools'
-``apply_timeouts`` sets timeouts but refuses zero, which is "no limit" here.
+CONSTRAINT, CREATE INDEX CONCURRENTLY, a backfill's look for pending rows) lift it here. Their
+lock waits stay bounded by ``lock_timeout``, except where django-pg-migration-tools sets it to 0
+itself: around CREATE INDEX CONCURRENTLY, whose SHARE UPDATE EXCLUSIVE lock lets reads and
+writes go on while it waits. The library's ``apply_timeouts`` sets timeouts but refuses zero,
+which is "no limit" here.
 """
 
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ def scans_without_statement_timeout(schema_editor) -> Iterator[None]:
     editor's public ``execute``, which is wrapped for the block.
     """
     execute = schema_editor.execute
+    wrapped = vars(schema_editor).get("execute")  # another wrapper already on this editor
 
     def execute_lifting_scans(sql, params=()):
         if any(scan in str(sql) for scan in SCANS):
@@ -52,4 +55,7 @@ def scans_without_statement_timeout(schema_editor) -> Iterator[None]:
     try:
         yield
     finally:
-        del schema_editor.execute
+        if wrapped is None:
+            del schema_editor.execute
+        else:
+            schema_editor.execute = wrapped

@@ -158,11 +158,19 @@ def test_set_not_null_refuses_to_run_inside_a_transaction(at_initial):
             contract.operations[2].database_forwards("tasks", editor, from_state, to_state)
 
 
-def test_bad_timeout_settings_are_one_line_and_apply_nothing(at_initial):
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"MIGRATION_RETRY_MIN_WAIT_MS": 20_000},  # above the maximum wait
+        {"MIGRATION_LOCK_TIMEOUT_MS": 0},
+        {"MIGRATION_LOCK_TIMEOUT_MS": 20_000, "MIGRATION_STATEMENT_TIMEOUT_MS": 10_000},
+    ],
+)
+def test_bad_timeout_settings_are_one_line_and_apply_nothing(at_initial, bad):
     from django.test import override_settings
 
     with (
-        override_settings(MIGRATION_RETRY_MIN_WAIT_MS=20_000),  # above the maximum wait
+        override_settings(**bad),
         pytest.raises(CommandError, match="Bad migration timeout settings"),
     ):
         call_command("migrate", "tasks", "0002_priority_expand", verbosity=0)
@@ -185,3 +193,62 @@ def test_an_error_of_a_migration_is_not_taken_for_a_settings_error(at_initial):
             call_command("migrate", "tasks", "0003_priority_backfill", verbosity=0)
     finally:
         register(PRIORITY)
+
+
+def contract_operation(index: int):
+    """Operation ``index`` of the priority contract, with the states around it at 0003."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(connection)
+    contract = loader.get_migration("tasks", "0004_priority_contract")
+    from_state = loader.project_state(("tasks", "0003_priority_backfill"))
+    contract.operations[0].state_forwards("tasks", from_state)
+    to_state = from_state.clone()
+    contract.operations[index].state_forwards("tasks", to_state)
+    return contract.operations[index], from_state, to_state
+
+
+def not_valid_checks() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'tasks_task'::regclass "
+            "AND contype = 'c' AND NOT convalidated"
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_a_failed_set_not_null_leaves_no_check_behind_even_behind_a_reader(at_initial):
+    import threading
+
+    from django.db import IntegrityError
+
+    # given: a NULL priority the VALIDATE will find, and a reader that keeps ACCESS SHARE on
+    # the table for a while after the VALIDATE (which it does not block) fails
+    call_command("migrate", "tasks", "0003", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tasks_task (title, description, status, created_at, updated_at) "
+            "VALUES ('null', '', 'todo', now(), now())"
+        )
+    operation, from_state, to_state = contract_operation(2)
+    readers = []
+
+    # when: the reader starts right before the VALIDATE (after the NOT VALID check, which it
+    # would block) and keeps its lock for 2.5 s, through the first tries of the cleanup
+    with pytest.raises(IntegrityError), connection.schema_editor(atomic=False) as editor:
+        execute = editor.execute
+
+        def execute_with_a_reader(sql, params=()):
+            if "VALIDATE CONSTRAINT" in str(sql) and not readers:
+                readers.append(open_transaction_reading_tasks())
+                threading.Timer(2.5, readers[0].close).start()
+            return execute(sql, params)
+
+        editor.execute = execute_with_a_reader
+        operation.database_forwards("tasks", editor, from_state, to_state)
+
+    # then: the check it added NOT VALID is gone (it would fail every UPDATE of the NULL row),
+    # dropped once the reader was done; the column is still nullable
+    assert readers, "the VALIDATE ran"
+    assert not_valid_checks() == []
+    assert column_state(Task, "priority", using="default") == "nullable"

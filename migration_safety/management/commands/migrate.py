@@ -22,6 +22,7 @@ from django_pg_migration_tools.management.commands.migrate_with_timeouts import 
 )
 from django_pg_migration_tools.timeouts import RedundantLockTimeout, TimeoutWasNotPositive
 
+from commandline.base import known_database
 from migration_safety.blockers import describe_blockers
 
 # The library's options, which mean nothing to Django's own migrate (other databases).
@@ -55,12 +56,7 @@ class Command(MigrateWithTimeoutsCommand):
         )
 
     def handle(self, *args, **options) -> None:
-        database = options["database"]
-        if database not in connections:
-            known = ", ".join(sorted(connections))
-            raise CommandError(
-                f"Unknown database {database!r}. Use one of: {known} (see DATABASES in settings)."
-            )
+        database = known_database(options["database"])
         if connections[database].vendor != "postgresql":
             for name in TIMEOUT_OPTIONS:
                 options.pop(name, None)
@@ -69,15 +65,14 @@ class Command(MigrateWithTimeoutsCommand):
             # The library's own check of its options, before anything runs: its errors are
             # about the settings (MIGRATION_*), never about a migration.
             MigrationTimeoutOptions.from_dictionary(dict(options)).validate()
-        except (TimeoutWasNotPositive, RedundantLockTimeout, ValueError) as exc:
-            raise CommandError(
-                f"Bad migration timeout settings ({exc}): MIGRATION_LOCK_TIMEOUT_MS and "
-                "MIGRATION_STATEMENT_TIMEOUT_MS must be positive, the lock timeout the smaller; "
-                "MIGRATION_RETRY_MIN_WAIT_MS at most MIGRATION_RETRY_MAX_WAIT_MS."
-            ) from exc
+        except ValueError as exc:
+            raise bad_settings(exc) from exc
         lock_timeout, retries = options["lock_timeout_in_ms"], options["lock_timeout_max_retries"]
         try:
             super().handle(*args, **options)
+        except (TimeoutWasNotPositive, RedundantLockTimeout) as exc:
+            # Checked only as the timeouts are applied, before the first migration's statements.
+            raise bad_settings(exc) from exc
         except LockAlreadyAcquired as exc:
             raise CommandError(
                 f"Another manage.py migrate is running on database {database!r}; wait for it."
@@ -104,3 +99,12 @@ class Command(MigrateWithTimeoutsCommand):
         connection = connections[database]
         if not connection.in_atomic_block:
             connection.close()
+
+
+def bad_settings(exc: Exception) -> CommandError:
+    """The one-line answer to timeout settings the library refuses."""
+    return CommandError(
+        f"Bad migration timeout settings ({exc or type(exc).__name__}): "
+        "MIGRATION_LOCK_TIMEOUT_MS and MIGRATION_STATEMENT_TIMEOUT_MS must be positive, the lock "
+        "timeout the smaller; MIGRATION_RETRY_MIN_WAIT_MS at most MIGRATION_RETRY_MAX_WAIT_MS."
+    )

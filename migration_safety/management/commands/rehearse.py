@@ -22,7 +22,7 @@ COLUMNS = (
     ("max ms", "max_ms", ">8"),
     ("lock wait ms", "longest_lock_wait_ms", ">13"),
     ("backfilled", "rows_backfilled", ">11"),
-    ("lock retries", "migration_lock_retries", ">13"),
+    ("lock timeouts", "migration_lock_timeouts", ">13"),
 )
 
 
@@ -168,8 +168,8 @@ class Command(CheckedCommand):
         )
         if step.rows_backfilled:
             line += f", {step.rows_backfilled:,} rows backfilled"
-        if step.lock_retries:
-            line += f", migration lock retried {step.lock_retries}x"
+        if step.lock_timeouts:
+            line += f", migration lock timed out {step.lock_timeouts}x"
         if step.step_error:
             line += f" — STEP FAILED: {step.step_error}"
         return line
