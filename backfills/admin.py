@@ -3,7 +3,7 @@ and pause/resume/cancel/retry, for users with the control permission."""
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import DatabaseError, router
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
@@ -14,7 +14,7 @@ from django.utils.html import format_html
 from backfills.controls import CONTROL_STATUSES, RunStateError
 from backfills.display import describe_parameters, format_seconds
 from backfills.models import OPEN_STATUSES, BackfillLane, BackfillRun, BackfillRunEvent
-from backfills.orchestration import start_on_workers, steer
+from backfills.orchestration import NotEnqueued, start_on_workers, steer
 from backfills.registry import BackfillNotReady, UnknownBackfill, definitions, get_definition
 from backfills.workers import QUEUE
 
@@ -229,12 +229,15 @@ class BackfillRunAdmin(admin.ModelAdmin):
         except RunStateError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
-        except DatabaseError as exc:
+        except NotEnqueued as exc:
             self.message_user(
                 request,
                 f"Run #{run.pk}: {action} done, but no worker task could be enqueued ({exc}).",
                 messages.ERROR,
             )
+            return
+        except DatabaseError as exc:
+            self.message_user(request, f"Run #{run.pk} was not changed: {exc}.", messages.ERROR)
             return
         self.message_user(request, f"Run #{run.pk} is now {run.status_label}.", messages.SUCCESS)
 
@@ -265,8 +268,19 @@ class BackfillRunAdmin(admin.ModelAdmin):
                 started_by=request.user.get_username(),
                 workers=settings.BACKFILL_WORKERS,
             )
-        except (UnknownBackfill, RunStateError, BackfillNotReady, ValueError) as exc:
+        except (
+            UnknownBackfill,
+            RunStateError,
+            BackfillNotReady,
+            ValueError,
+            ImproperlyConfigured,
+        ) as exc:
             self.message_user(request, str(exc), messages.ERROR)
+            return redirect("admin:backfills_backfillrun_changelist")
+        except DatabaseError as exc:
+            self.message_user(
+                request, f"Could not start the run ({exc}); nothing was written.", messages.ERROR
+            )
             return redirect("admin:backfills_backfillrun_changelist")
         how = "carries on" if resumed else "started"
         self.message_user(

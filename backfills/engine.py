@@ -38,13 +38,15 @@ RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
 @dataclass(frozen=True)
 class Backfill:
     """What to fill: ``model.field = value`` on the rows matching ``pending``, walked by ``key``
-    (up to ``upto`` inclusive; None: to the end of the table)."""
+    (after ``after``, up to ``upto`` inclusive; None: from the start, to the end of the table).
+    The bounds are also in ``pending`` (:meth:`within`)."""
 
     model: type[models.Model]
     field: str
     value: Any
     pending: Q
     key: str = "pk"
+    after: Any = None
     upto: Any = None
 
     def queryset(self, using: str) -> models.QuerySet:
@@ -58,9 +60,11 @@ class Backfill:
             bounds &= Q(**{f"{self.key}__gt": after})
         if upto is not None:
             bounds &= Q(**{f"{self.key}__lte": upto})
+        if self.after is not None:
+            after = self.after if after is None else max(after, self.after)
         if self.upto is not None:
             upto = self.upto if upto is None else min(upto, self.upto)
-        return replace(self, pending=self.pending & bounds, upto=upto)
+        return replace(self, pending=self.pending & bounds, after=after, upto=upto)
 
 
 @dataclass(frozen=True)
@@ -172,10 +176,13 @@ class BackfillResult:
     rows: int = 0
     batches: int = 0
     seconds: float = 0.0
-    finished: bool = False
     # Why the call returned: "finished", "paused", "cancelled", "max batches", "time budget",
     # or "rows keep arriving" (the run stays open for the next call).
     stopped: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped == "finished"
 
     @property
     def rows_per_second(self) -> float:
@@ -203,6 +210,10 @@ class LeaseLost(Exception):
     """The checkpoint now belongs to another process: this process's batch is rolled back."""
 
 
+class RunCancelled(LeaseLost):
+    """An operator cancelled the run: no process carries it on."""
+
+
 class Checkpoint(Protocol):
     """Where a run's progress is kept, and how it is steered.
 
@@ -214,9 +225,7 @@ class Checkpoint(Protocol):
 
     last_key: Any
 
-    def record_batch(
-        self, *, last_key: Any, rows: int, batch_size: int, seconds: float
-    ) -> None: ...
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int) -> None: ...
 
     def record_failure(self, error: str) -> None: ...
 
@@ -287,7 +296,7 @@ def run_backfill(
         first = first_pending(backfill, using=using, workers=policy.scan_workers)
         if first is None and checkpoint.control() == "run":
             checkpoint.record_success()
-            result.finished, result.stopped = True, "finished"
+            result.stopped = "finished"
             result.seconds = time.perf_counter() - started
             return result
         if first is not None:
@@ -354,7 +363,6 @@ def run_backfill(
             )
             if first is None:
                 checkpoint.record_success()
-                result.finished = True
                 result.stopped = "finished"
                 break
             if passes == MAX_PASSES:
@@ -459,20 +467,16 @@ def _run_batch(
         )
         # The row locks are held until commit: this is when others can be waiting on them.
         waiters = health.waiting_on_batch(using=using) if health is not None else 0
-        checkpoint.record_batch(
-            last_key=upper,
-            rows=rows,
-            batch_size=batch_size,
-            seconds=time.perf_counter() - locked_at,
-        )
+        checkpoint.record_batch(last_key=upper, rows=rows, batch_size=batch_size)
     return rows, upper, waiters, time.perf_counter() - locked_at
 
 
 def first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:
     """The smallest key of a row that still needs the value (None if there is none).
 
-    First it looks among the table's first ``FIRST_PENDING_PROBE`` keys: where a new column is
-    NULL everywhere, the answer is there, read through the key's index in about a millisecond.
+    First it looks among the first ``FIRST_PENDING_PROBE`` keys (after ``backfill.after``): where
+    a new column is NULL everywhere, the answer is there, read through the key's index in about a
+    millisecond.
     Otherwise it scans the table, on PostgreSQL without index scans: the planner answers
     MIN(key) by walking the key's index in order and checking each row, betting that pending
     rows are spread evenly. After a run they sit at the end of the table, so that walk reads
@@ -481,11 +485,10 @@ def first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:
     """
     # Exact when found: any pending key beyond the head is larger than every key in it. The
     # same filter as the scan's, so both agree on what is pending.
-    head = (
-        backfill.model._default_manager.using(using)
-        .order_by(backfill.key)
-        .values(backfill.key)[:FIRST_PENDING_PROBE]
-    )
+    keys = backfill.model._default_manager.using(using)
+    if backfill.after is not None:
+        keys = keys.filter(**{f"{backfill.key}__gt": backfill.after})
+    head = keys.order_by(backfill.key).values(backfill.key)[:FIRST_PENDING_PROBE]
     in_head = (
         backfill.queryset(using)
         .filter(**{f"{backfill.key}__in": head})

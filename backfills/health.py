@@ -39,12 +39,13 @@ def replication_lag_seconds(*, using: str) -> float | None:
 
 def vacuum_phase(table: str, *, using: str) -> str | None:
     """The phase of a VACUUM (auto or manual) running on ``table`` now, None when none is."""
-    with connections[using].cursor() as cursor:
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        # By the table's oid as the session resolves its name: not another schema's namesake.
         cursor.execute(
-            "SELECT p.phase FROM pg_stat_progress_vacuum p "
-            "JOIN pg_class c ON c.oid = p.relid "
-            "WHERE c.relname = %s AND p.datname = current_database() LIMIT 1",
-            [table],
+            "SELECT phase FROM pg_stat_progress_vacuum "
+            "WHERE relid = %s::regclass AND datname = current_database() LIMIT 1",
+            [connection.ops.quote_name(table)],
         )
         row = cursor.fetchone()
     return row[0] if row else None

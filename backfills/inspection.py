@@ -1,6 +1,7 @@
 """What a backfill would do, read from the database without writing: the column's state, the
 rows pending and the values they would get, and the migration that adds a column."""
 
+import datetime
 import json
 import logging
 from typing import Any
@@ -9,10 +10,13 @@ from django.db import DatabaseError, connections, models, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import AddField
 from django.db.models import Count
+from django_pg_migration_tools.timeouts import apply_timeouts
 
 from backfills.engine import Backfill
 
 logger = logging.getLogger(__name__)
+# The ANALYZE of a fresh column gives up on its lock after this: an estimate is not worth a wait.
+ANALYZE_LOCK_TIMEOUT = datetime.timedelta(seconds=1)
 
 
 def column_state(model: type[models.Model], field_name: str, *, using: str) -> str:
@@ -65,19 +69,15 @@ def estimate_pending(backfill: Backfill, *, using: str) -> int:
         )
         if cursor.fetchone() is None:
             try:
-                with transaction.atomic(using=using):
-                    # For the ANALYZE only: in a caller's transaction a SET LOCAL made in this
-                    # savepoint would outlast it, so the previous value is put back after.
-                    cursor.execute(
-                        "SELECT current_setting('lock_timeout'), "
-                        "set_config('lock_timeout', '1s', true)"
-                    )
-                    previous = cursor.fetchone()[0]
+                # For the ANALYZE only, and put back after it (also in a caller's transaction).
+                with (
+                    transaction.atomic(using=using),
+                    apply_timeouts(using=using, lock_timeout=ANALYZE_LOCK_TIMEOUT),
+                ):
                     cursor.execute(
                         f"ANALYZE {connection.ops.quote_name(table)} "
                         f"({connection.ops.quote_name(column)})"
                     )
-                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
             except DatabaseError:
                 logger.info("could not analyse %s.%s for an estimate", table, column)
     # Only the key is selected: the plan's row count is the same, and a model that has moved on

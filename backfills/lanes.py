@@ -28,17 +28,41 @@ from backfills.engine import (
 )
 
 logger = logging.getLogger(__name__)
+# The most connections one run may fill with (the command's --workers, BACKFILL_WORKERS): more
+# only queue up behind each other's WAL writes and index pages.
+MAX_WORKERS = 16
 
 
-def check_workers(workers: int, *, using: str) -> None:
-    """Refuse parallel lanes where they cannot help: SQLite lets one connection write at a
-    time, so a second one would only wait for the database lock."""
+def check_workers(
+    workers: int, *, using: str, model: type[models.Model] | None = None, key: str = "pk"
+) -> None:
+    """Refuse a number of lanes that cannot work, before anything is written: outside 1 to
+    :data:`MAX_WORKERS`; more than one on SQLite, which lets one connection write at a time (a
+    second one would only wait for the database lock); more than one on ``model``'s ``key`` if
+    it is not an integer (see :func:`plan_lanes`)."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"{workers} workers: use 1 to {MAX_WORKERS}.")
+    if workers == 1:
+        return
     vendor = connections[using].vendor
-    if workers > 1 and vendor != "postgresql":
+    if vendor != "postgresql":
         raise ValueError(
             f"{workers} workers need PostgreSQL: database {using!r} is {vendor}, where one "
             "connection writes at a time. Use 1 worker."
         )
+    if model is not None:
+        integer_key(model, key)
+
+
+def integer_key(model: type[models.Model], key: str) -> models.Field:
+    """``model``'s field ``key`` ("pk": its primary key); ValueError unless it is an integer."""
+    field = model._meta.pk if key == "pk" else model._meta.get_field(key)
+    if not isinstance(field, models.IntegerField):
+        raise ValueError(
+            f"parallel lanes need an integer key; {model.__name__}.{field.name} "
+            f"is a {field.get_internal_type()}"
+        )
+    return field
 
 
 def plan_lanes(backfill: Backfill, lanes: int, *, using: str) -> list[tuple[Any, Any]]:
@@ -47,16 +71,7 @@ def plan_lanes(backfill: Backfill, lanes: int, *, using: str) -> list[tuple[Any,
     open-ended (``upto`` None), so rows inserted meanwhile fall into it. Empty when nothing is
     pending. The key must be an integer (an auto-incremented primary key, typically): equal
     widths of the key range make lanes of similar size."""
-    key_field = (
-        backfill.model._meta.pk
-        if backfill.key == "pk"
-        else backfill.model._meta.get_field(backfill.key)
-    )
-    if not isinstance(key_field, models.IntegerField):
-        raise ValueError(
-            f"parallel lanes need an integer key; {backfill.model.__name__}.{key_field.name} "
-            f"is a {key_field.get_internal_type()}"
-        )
+    integer_key(backfill.model, backfill.key)
     first = first_pending(backfill, using=using, workers=lanes)
     if first is None:
         return []
@@ -198,10 +213,9 @@ def run_lanes(
         rows=sum(result.rows for result in results),
         batches=batches,
         seconds=time.perf_counter() - started,
-        finished=len(results) == len(lanes) and stopped <= {"finished"},
     )
     reasons = ("cancelled", "paused", "time budget")
-    if total.finished:
+    if len(results) == len(lanes) and stopped <= {"finished"}:
         total.stopped = "finished"
     elif budget_spent() and not stopped & {"cancelled", "paused"}:
         total.stopped = "max batches"

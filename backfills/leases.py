@@ -31,6 +31,7 @@ from backfills.engine import (
     BatchReport,
     HealthCheck,
     LeaseLost,
+    RunCancelled,
     run_backfill,
 )
 from backfills.lanes import plan_lanes, run_lanes
@@ -126,15 +127,13 @@ class LeasedCheckpoint(RunCheckpoint):
         self.lease_seconds = lease_seconds
         self.meter = meter or RateMeter(run.rows_per_second)
         self.throttle_reason = ""
-        # Whether the last batch's checkpoint found the run plainly running (see _checkpoint).
-        self.running_at_checkpoint = False
 
     def _update(self, **values: Any) -> None:
         self.running_at_checkpoint = False
-        if not self._write(self._held(), values):
+        if not self._write(self._rows(), values):
             raise self._lost()
 
-    def _held(self) -> "models.QuerySet[BackfillRun]":
+    def _rows(self) -> "models.QuerySet[BackfillRun]":
         """The run's row, while this process still holds the generation it claimed."""
         return BackfillRun.objects.using(self.using).filter(
             pk=self.run.pk, generation=self.generation
@@ -149,19 +148,6 @@ class LeasedCheckpoint(RunCheckpoint):
             **values,
         )
 
-    def _checkpoint(self, **values: Any) -> None:
-        """Write a batch's checkpoint, reading the operators' wish with it.
-
-        The write matches the run only while no pause or cancel is pending, so the next
-        :meth:`control` can answer "run" without a query of its own: one round trip less per
-        batch. A pause that commits after this write is seen by the next batch's checkpoint,
-        so operators are still obeyed within one batch.
-        """
-        if self._write(self._held().exclude(status__in=list(CONTROL_BY_STATUS)), values):
-            self.running_at_checkpoint = True
-        else:
-            self._update(**values)  # paused or cancelling meanwhile; LeaseLost if taken over
-
     def _lost(self) -> LeaseLost:
         """Why this process no longer holds the run: cancelled, or taken over."""
         status = (
@@ -171,7 +157,7 @@ class LeasedCheckpoint(RunCheckpoint):
             .first()
         )
         if status == Status.CANCELLED:
-            return LeaseLost(f"run #{self.run.pk} was cancelled")
+            return RunCancelled(f"run #{self.run.pk} was cancelled")
         return LeaseLost(
             f"run #{self.run.pk} was taken over by another process (generation "
             f"{self.generation} is no longer current)"
@@ -187,7 +173,7 @@ class LeasedCheckpoint(RunCheckpoint):
             message=message,
         )
 
-    def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int) -> None:
         self._checkpoint(last_key=last_key, **self._totals(rows=rows, batch_size=batch_size))
         self.last_key = last_key
         self.throttle_reason = ""
@@ -274,7 +260,7 @@ class LaneCheckpoint(LeasedCheckpoint):
             updated_at=timezone.now(), **values
         )
 
-    def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int) -> None:
         self._update_lane(
             last_key=last_key, rows_done=F("rows_done") + rows, batches=F("batches") + 1
         )
@@ -443,7 +429,7 @@ def walk_lanes(
             # keys again on one connection).
             checkpoint.rewind(None)
     open_lanes = [lane for lane in lanes if not lane.finished]
-    walked = BackfillResult(finished=True, stopped="finished")
+    walked = BackfillResult(stopped="finished")
     if open_lanes:
         walked = run_lanes(
             [

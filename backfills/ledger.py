@@ -16,7 +16,7 @@ from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from backfills.models import OPEN_STATUSES, BackfillRun, BackfillRunEvent
+from backfills.models import OPEN_STATUSES, BackfillRunEvent
 
 logger = logging.getLogger(__name__)
 # What a process working on a run is told to do by the run's status (Checkpoint.control()).
@@ -68,18 +68,13 @@ def open_run(
                 current.refresh_from_db(using=using)
             return current, True
         if current is not None:
-            # A new generation, where the run record has one: a process still writing to the
-            # cancelled run is stopped by its next checkpoint (backfills/leases.py).
-            generation = (
-                {"generation": F("generation") + 1}
-                if any(field.name == "generation" for field in run_model._meta.fields)
-                else {}
-            )
+            # A new generation: a process still writing to the cancelled run is stopped by its
+            # next checkpoint (backfills/leases.py).
             manager.filter(pk=current.pk).update(
                 status="cancelled",
                 finished_at=timezone.now(),
                 updated_at=timezone.now(),
-                **generation,
+                generation=F("generation") + 1,
             )
         run = manager.create(name=name, status=status, parameters=parameters(), **fields)
         return run, False
@@ -93,14 +88,37 @@ class RunCheckpoint:
         self.run = run
         self.using = using
         self.last_key = run.last_key
+        # Whether the last batch's checkpoint found the run plainly running (see _checkpoint).
+        self.running_at_checkpoint = False
+
+    def _rows(self) -> models.QuerySet:
+        """The run's row, as this checkpoint may write it."""
+        return type(self.run)._default_manager.using(self.using).filter(pk=self.run.pk)
+
+    def _write(self, rows: models.QuerySet, values: dict[str, Any]) -> int:
+        return rows.update(updated_at=timezone.now(), **values)
 
     def _update(self, **values: Any) -> None:
-        type(self.run)._default_manager.using(self.using).filter(pk=self.run.pk).update(
-            updated_at=timezone.now(), **values
-        )
+        self.running_at_checkpoint = False
+        self._write(self._rows(), values)
 
-    def record_batch(self, *, last_key: Any, rows: int, batch_size: int, seconds: float) -> None:
-        self._update(last_key=last_key, rows_done=F("rows_done") + rows, batches=F("batches") + 1)
+    def _checkpoint(self, **values: Any) -> None:
+        """Write a batch's checkpoint, reading the operators' wish with it.
+
+        The write matches the run only while no pause or cancel is pending, so the next
+        :meth:`control` can answer "run" without a query of its own: one round trip less per
+        batch. A pause that commits after this write is seen by the next batch's checkpoint,
+        so operators are still obeyed within one batch.
+        """
+        if self._write(self._rows().exclude(status__in=list(CONTROL_BY_STATUS)), values):
+            self.running_at_checkpoint = True
+        else:
+            self._update(**values)  # paused or cancelling meanwhile
+
+    def record_batch(self, *, last_key: Any, rows: int, batch_size: int) -> None:
+        self._checkpoint(
+            last_key=last_key, rows_done=F("rows_done") + rows, batches=F("batches") + 1
+        )
         self.last_key = last_key
 
     def record_failure(self, error: str) -> None:
@@ -121,6 +139,9 @@ class RunCheckpoint:
 
     def control(self) -> str:
         """What operators asked for, from the run's status."""
+        if self.running_at_checkpoint:
+            self.running_at_checkpoint = False
+            return "run"
         status = (
             type(self.run)
             ._default_manager.using(self.using)
@@ -135,10 +156,17 @@ class RunCheckpoint:
 
 
 def record_event(
-    run: BackfillRun, kind: str, *, using: str, actor: str = "", origin: str = "", message: str = ""
-) -> BackfillRunEvent:
-    """Add one line to the run's history."""
-    return BackfillRunEvent.objects.using(using).create(
+    run: models.Model,
+    kind: str,
+    *,
+    using: str,
+    actor: str = "",
+    origin: str = "",
+    message: str = "",
+    event_model: type[models.Model] = BackfillRunEvent,
+) -> models.Model:
+    """Add one line to the run's history (``event_model``: a migration's historical model)."""
+    return event_model._default_manager.using(using).create(
         run_id=run.pk, kind=kind, actor=actor[:150], origin=origin, message=message
     )
 

@@ -109,10 +109,10 @@ class BackfillRun(models.Model):
 
     @property
     def silent_for_a_lease(self) -> bool:
-        """No process has shown life on the run for a whole lease period."""
-        silent_since = max(filter(None, (self.heartbeat_at, self.updated_at)))
+        """No process has shown life on the run for a whole lease period (every heartbeat
+        writes ``updated_at`` too)."""
         limit = datetime.timedelta(seconds=settings.BACKFILL_LEASE_SECONDS)
-        return silent_since < timezone.now() - limit
+        return self.updated_at < timezone.now() - limit
 
     @property
     def is_stalled(self) -> bool:

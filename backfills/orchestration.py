@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import connections, models, transaction
+from django.db import DatabaseError, connections, models, transaction
 
 from backfills.controls import CONTROLS, RunStateError
 from backfills.engine import (
@@ -22,6 +22,7 @@ from backfills.engine import (
     HealthCheck,
     run_backfill,
 )
+from backfills.health import DatabaseHealth
 from backfills.inspection import column_state, estimate_pending, migration_adding, preview
 from backfills.lanes import check_workers
 from backfills.leases import exclusive_run, process_run
@@ -55,6 +56,21 @@ def pending_rows(definition: BackfillDefinition, *, using: str) -> models.QueryS
 def column_of(definition: BackfillDefinition, *, using: str) -> str:
     """``"missing"``, ``"nullable"`` or ``"not null"``: the definition's column now."""
     return column_state(definition.model_class(), definition.field, using=using)
+
+
+def column_is_filled(definition: BackfillDefinition, state: str) -> bool:
+    """Whether the column's ``state`` alone proves no row is pending: NOT NULL, for a backfill
+    of NULLs. (A backfill with a filter of its own may have pending rows in any column.)"""
+    return state == "not null" and definition.pending_is_null
+
+
+class NotEnqueued(Exception):
+    """A control was applied to a background run, but no worker task could be enqueued for it
+    (the task tables are missing, say): the run waits for the next enqueue."""
+
+    def __init__(self, run: BackfillRun, error: DatabaseError) -> None:
+        super().__init__(str(error))
+        self.run = run
 
 
 def missing_column_message(definition: BackfillDefinition, *, using: str) -> str:
@@ -114,8 +130,8 @@ def fill(
     (resume it first), ValueError if ``workers`` cannot work on this database,
     :class:`~backfills.registry.BackfillNotReady` if a new run's parameters cannot be fixed.
     """
-    check_workers(workers, using=using)
     model = definition.model_class()
+    check_workers(workers, using=using, model=model, key=definition.key)
     # Held across the checks, so that a refused start writes nothing.
     with exclusive_run(definition.name, using=using) as exclusive:
         pending = pending_rows(definition, using=using).exists()
@@ -131,7 +147,7 @@ def fill(
                 f"{current.lease_expires_at:%H:%M:%S}); pause or cancel it there, or wait"
             )
         if not pending and current is None:
-            return None, BackfillResult(finished=True, stopped="finished")
+            return None, BackfillResult(stopped="finished")
         opened = _open(
             definition,
             using=using,
@@ -176,9 +192,11 @@ def start_on_workers(
 
     Raises RunStateError when there is nothing to start (or the column is not there yet),
     ValueError when ``workers`` cannot work on this database, BackfillNotReady when a new run's
-    parameters cannot be fixed.
+    parameters cannot be fixed, ImproperlyConfigured when the workers' health settings are bad.
     """
-    check_workers(workers, using=using)
+    model = definition.model_class()
+    check_workers(workers, using=using, model=model, key=definition.key)
+    DatabaseHealth.from_settings(model)  # the workers read the same settings
     state = column_of(definition, using=using)
     if state == "missing":
         raise RunStateError(missing_column_message(definition, using=using))
@@ -193,7 +211,8 @@ def start_on_workers(
         if current is not None and current.status == Status.PAUSED and not restart:
             raise RunStateError(f"Run #{current.pk} is paused: resume it instead.")
         if current is None and (
-            state == "not null" or not pending_rows(definition, using=using).exists()
+            column_is_filled(definition, state)
+            or not pending_rows(definition, using=using).exists()
         ):
             raise RunStateError(nothing_pending_message(definition))
         opened = _open(
@@ -252,7 +271,8 @@ def _open(
 
 
 def steer(run: BackfillRun, action: str, *, using: str, actor: str, origin: str) -> BackfillRun:
-    """Pause, resume, cancel or retry ``run`` (see :mod:`backfills.controls`).
+    """Pause, resume, cancel or retry ``run`` (see :mod:`backfills.controls`). Raises
+    :class:`NotEnqueued` when the control is applied but its worker task could not be enqueued.
 
     A resumed or retried background run gets a fresh chain of worker tasks (it supersedes any
     other): even when a worker still holds the lease, finishing its slice after the pause, that
@@ -264,7 +284,10 @@ def steer(run: BackfillRun, action: str, *, using: str, actor: str, origin: str)
         and run.background
         and run.status in (Status.PENDING, Status.RUNNING)
     ):
-        enqueue_slice(run, using=using)
+        try:
+            enqueue_slice(run, using=using)
+        except DatabaseError as exc:
+            raise NotEnqueued(run, exc) from exc
         run.refresh_from_db(using=using)
     return run
 
@@ -287,16 +310,18 @@ def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> 
         pending = definition.pending_rows(model, using=using).exists()
         current = find_open_run(run_model, name=definition.name, using=using)
         if not pending and current is None:
-            return BackfillResult(finished=True, stopped="finished")
+            return BackfillResult(stopped="finished")
         if current is not None and current.status in (Status.PAUSED, Status.CANCELLING):
             # The schema change needs every row filled: the migration carries on a run an
             # operator paused or is cancelling, and says so in its history.
-            event_model._default_manager.using(using).create(
-                run_id=current.pk,
-                kind="resumed",
+            record_event(
+                current,
+                "resumed",
+                using=using,
                 actor=process_name("migrate"),
                 origin=BackfillRun.Origin.MIGRATION,
                 message=f"was {current.status}; a migration finishes the backfill",
+                event_model=event_model,
             )
         run, _ = open_run(
             run_model,

@@ -7,11 +7,12 @@ import signal
 import subprocess
 import threading
 import time
+from io import StringIO
 
 import pytest
-from django.core.management import CommandError
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection
-from django.db.models import Q, Sum
+from django.db.models import Q, Sum, Value
 from django.utils import timezone
 
 from backfills.controls import cancel_run
@@ -396,6 +397,32 @@ def test_no_lanes_when_nothing_is_pending_and_never_more_lanes_than_keys(expand_
 
     assert len(lanes) == ids[-1] - ids[0] + 1 == 3
     assert all(upto is None or after < upto for after, upto in lanes)
+
+
+@pytest.mark.django_db
+def test_a_backfill_on_a_key_that_is_not_an_integer_refuses_workers_before_writing():
+    from backfills.registry import BackfillDefinition, register, unregister
+
+    definition = register(
+        BackfillDefinition(
+            name="tests.category.description",
+            model="tasks.Category",
+            field="description",
+            pending=Q(description=""),
+            value=lambda model, parameters: Value("described"),
+            key="slug",
+        )
+    )
+    try:
+        with pytest.raises(CommandError, match="parallel lanes need an integer key"):
+            call_command("backfill", definition.name, workers="2", stdout=StringIO())
+        with pytest.raises(CommandError, match="parallel lanes need an integer key"):
+            call_command(
+                "backfill", definition.name, workers="2", background=True, stdout=StringIO()
+            )
+    finally:
+        unregister(definition.name)
+    assert not BackfillRun.objects.exists()
 
 
 @pytest.mark.django_db

@@ -173,7 +173,7 @@ def test_a_new_owner_takes_over_an_expired_lease_and_the_old_one_loses_the_run()
 
     assert new is not None and new.generation == old.generation + 1
     with pytest.raises(LeaseLost):
-        old.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+        old.record_batch(last_key=10, rows=10, batch_size=10)
     with pytest.raises(LeaseLost):
         old.control()
     assert "taken over" in kinds(run)
@@ -189,13 +189,13 @@ def test_a_pause_between_two_checkpoints_stops_the_run_after_the_next_batch(
     assert checkpoint.control() == "run"
 
     # given: a batch's checkpoint found the run running; it read the status for the next batch
-    checkpoint.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+    checkpoint.record_batch(last_key=10, rows=10, batch_size=10)
     with django_assert_num_queries(0):
         assert checkpoint.control() == "run"
 
     # when: an operator pauses it while the next batch runs
     act(pause_run, run)
-    checkpoint.record_batch(last_key=20, rows=10, batch_size=10, seconds=0.01)
+    checkpoint.record_batch(last_key=20, rows=10, batch_size=10)
 
     # then: that batch is checkpointed, and the run stops before another
     assert checkpoint.control() == "pause"
@@ -207,7 +207,7 @@ def test_a_pause_between_two_checkpoints_stops_the_run_after_the_next_batch(
 def test_a_pause_while_the_process_waits_between_batches_is_seen_before_the_next_one():
     run = make_run(Status.RUNNING)
     checkpoint = claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
-    checkpoint.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+    checkpoint.record_batch(last_key=10, rows=10, batch_size=10)
 
     # when: paused while the process sleeps between batches (--sleep), keeping its lease
     act(pause_run, run)
@@ -221,7 +221,7 @@ def test_a_pause_while_the_process_waits_between_batches_is_seen_before_the_next
 def test_a_checkpoint_answers_for_one_batch_only():
     run = make_run(Status.RUNNING)
     checkpoint = claim(run, owner="worker A", origin="worker", using="default", lease_seconds=60)
-    checkpoint.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+    checkpoint.record_batch(last_key=10, rows=10, batch_size=10)
     assert checkpoint.control() == "run"
 
     # when: paused after that answer, before another batch was checkpointed
@@ -519,7 +519,7 @@ def test_cancelling_a_run_whose_lease_lapsed_stops_its_still_living_process():
 
     assert act(cancel_run, run).status == Status.CANCELLED
     with pytest.raises(LeaseLost, match="was cancelled"):
-        alive.record_batch(last_key=10, rows=10, batch_size=10, seconds=0.01)
+        alive.record_batch(last_key=10, rows=10, batch_size=10)
     assert BackfillRun.objects.get(pk=run.pk).rows_done == 0
 
 

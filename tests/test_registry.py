@@ -111,6 +111,22 @@ def test_a_definition_is_all_the_command_needs(archived_descriptions):
     )
 
 
+@pytest.mark.django_db
+def test_a_not_null_column_with_pending_rows_of_its_own_is_listed_and_started(
+    archived_descriptions,
+):
+    # given: description is NOT NULL, but one row matches the definition's own filter
+    Task.objects.create(title="done", status="done")
+
+    listed = backfill("--list")
+    started = backfill(archived_descriptions.name, background=True)
+
+    row = next(line for line in listed.splitlines() if line.startswith("tests.task.description"))
+    assert row.split()[2] == "1"
+    assert "Started run #" in started
+    assert BackfillRun.objects.get().name == archived_descriptions.name
+
+
 def test_list_shows_each_backfill_with_its_column_pending_rows_and_open_run(
     workspace_expand_step,
 ):

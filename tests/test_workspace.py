@@ -109,12 +109,15 @@ def test_a_new_task_gets_its_categorys_workspace_or_the_default_one(reference_da
     assert without.workspace.slug == "default"
 
 
+@pytest.mark.parametrize("category_field", ["category", "category_id"])
 @pytest.mark.django_db
-def test_moving_a_task_to_another_category_moves_it_with_update_fields_too(reference_data):
+def test_moving_a_task_to_another_category_moves_it_with_update_fields_too(
+    reference_data, category_field
+):
     task = Task.objects.create(title="a", category=Category.objects.get(slug="engineering"))
 
     task.category = Category.objects.get(slug="finance")
-    task.save(update_fields=["category", "updated_at"])
+    task.save(update_fields=[category_field, "updated_at"])
 
     task.refresh_from_db()
     assert task.workspace.slug == "business"
@@ -294,6 +297,31 @@ def test_start_offers_every_registered_backfill_and_starts_the_chosen_one(alice)
     )
     assert str(DBTaskResult.objects.get().id) == run.worker_task_id
     assert f"Run #{run.pk} of {WORKSPACE.name} started on task workers" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("BACKFILL_WORKERS", 0, "0 workers: use 1 to 16"),
+        (
+            "BACKFILL_HEALTH_CHECK",
+            "nowhere.check",
+            "BACKFILL_HEALTH_CHECK = &#x27;nowhere.check&#x27;",
+        ),
+    ],
+)
+def test_start_with_bad_worker_settings_says_so_and_writes_nothing(
+    alice, settings, setting, value, message
+):
+    legacy(3)
+    setattr(settings, setting, value)
+
+    response = alice.post(
+        reverse("admin:backfills_backfillrun_start"), {"name": WORKSPACE.name}, follow=True
+    )
+
+    assert message in response.content.decode()
+    assert not BackfillRun.objects.exists()
 
 
 def test_start_of_an_unknown_backfill_says_so_and_writes_nothing(alice):

@@ -8,12 +8,22 @@ from django.db import DatabaseError
 
 from backfills.controls import RunStateError
 from backfills.display import describe_parameters, format_seconds
-from backfills.engine import BackfillBusy, BackfillFailed, BatchPolicy, BatchReport, LeaseLost
+from backfills.engine import (
+    BackfillBusy,
+    BackfillFailed,
+    BatchPolicy,
+    BatchReport,
+    LeaseLost,
+    RunCancelled,
+)
 from backfills.health import DatabaseHealth
+from backfills.lanes import MAX_WORKERS
 from backfills.ledger import find_open_run, process_name
 from backfills.models import BackfillRun
 from backfills.orchestration import (
+    NotEnqueued,
     Opened,
+    column_is_filled,
     column_of,
     dry_run,
     fill,
@@ -35,8 +45,6 @@ from commandline.base import CheckedCommand
 
 DEFAULTS = BatchPolicy()
 MAX_BATCH_SIZE = 100_000
-# More connections than this only queue up behind each other's WAL writes and index pages.
-MAX_WORKERS = 16
 # Retry is running the command again.
 STEERING = ("pause", "resume", "cancel")
 STATUS_ROWS = 10
@@ -199,7 +207,7 @@ class Command(CheckedCommand):
         state = column_of(definition, using=using)
         if state == "missing":
             raise CommandError(missing_column_message(definition, using=using))
-        if state == "not null" and definition.pending_is_null:
+        if column_is_filled(definition, state):
             if verbosity >= 1:
                 self.stdout.write(
                     f"{definition.field} is already NOT NULL (its contract migration is "
@@ -210,13 +218,12 @@ class Command(CheckedCommand):
             if options["dry_run"]:
                 self.dry_run(definition, using=using, restart=options["restart"])
                 return
-            # Checked here for runs on workers too: they read the same settings.
+            if options["background"]:
+                self.enqueue(definition, using=using, restart=options["restart"], workers=workers)
+                return
             health = DatabaseHealth.from_settings(definition.model_class())
         except (ImproperlyConfigured, BackfillNotReady) as exc:
             raise CommandError(str(exc)) from exc
-        if options["background"]:
-            self.enqueue(definition, using=using, restart=options["restart"], workers=workers)
-            return
 
         bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
 
@@ -265,7 +272,7 @@ class Command(CheckedCommand):
         except (RunStateError, BackfillNotReady, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         except LeaseLost as exc:
-            carries_on = "" if "cancelled" in str(exc) else " That process carries on."
+            carries_on = "" if isinstance(exc, RunCancelled) else " That process carries on."
             raise CommandError(f"Stopped: {exc}.{carries_on}") from exc
         except DatabaseError as exc:
             raise CommandError(
@@ -354,11 +361,16 @@ class Command(CheckedCommand):
             run = steer(run, action, using=using, actor=process_name("command"), origin="command")
         except RunStateError as exc:
             raise CommandError(str(exc)) from exc
-        except DatabaseError as exc:
+        except NotEnqueued as exc:
             raise CommandError(
                 f"Run #{run.pk}: {action} done, but no worker task could be enqueued for it "
                 f"({exc}). The task tables come with the django_tasks_db app: manage.py migrate "
                 f"--database {using}, then {action} it again."
+            ) from exc
+        except DatabaseError as exc:
+            raise CommandError(
+                f"Run #{run.pk} was not changed: {exc}. Once the database is reachable, "
+                f"{action} it again."
             ) from exc
         self.stdout.write(
             self.style.SUCCESS(f"Run #{run.pk} is now {run.get_status_display().lower()}.")
@@ -443,7 +455,7 @@ class Command(CheckedCommand):
             state = column_of(definition, using=using)
             if state == "missing":
                 pending = "no column yet"
-            elif state == "not null":
+            elif column_is_filled(definition, state):
                 pending = "0 (NOT NULL)"
             else:
                 pending = f"{pending_rows(definition, using=using).count():,}"
