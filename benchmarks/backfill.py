@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backfills.engine import BatchPolicy  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    database_url,
+    create_database,
+    drop_database,
     manage,
     run,
-    scratch_database,
     seed_legacy,
     server_url,
     write_section,
@@ -58,26 +58,21 @@ TARGET = 0.9  # the command at least this share of the bare loop on as many conn
 def prepare_template(name: str, tasks: int, backfill: str) -> None:
     """A database at the backfill's expand step holding ``tasks`` legacy rows, vacuumed."""
     rollout, step, _ = BACKFILLS[backfill]
-    with psycopg.connect(server_url(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    seed_legacy(database_url(name), tasks, rollout=rollout, step=step)
+    seed_legacy(create_database(name), tasks, rollout=rollout, step=step)
 
 
 @contextmanager
 def copy_of(template: str, name: str):
     """A fresh copy of ``template`` named ``name``, dropped afterwards."""
+    url = create_database(name, template=template)
     with psycopg.connect(server_url(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         # The copy is written to the WAL (~300 MB at 1,000,000 rows): without a checkpoint
         # here, the variant measured next would pay for flushing it, as a matter of timing.
         conn.execute("CHECKPOINT")
     try:
-        yield {"DATABASE_URL": database_url(name)}
+        yield {"DATABASE_URL": url}
     finally:
-        with psycopg.connect(server_url(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def variant(template: str, backfill: str, *name: str) -> tuple[int, float]:
@@ -154,8 +149,7 @@ def measure(backfill: str, args) -> dict:
         small_peak = command(small, backfill, args.batch_size)[1]
     finally:
         for name in (big, small):
-            with scratch_database(name):
-                pass
+            drop_database(name)
     return {"seconds": seconds, "runs": runs, "small_peak": small_peak, "widths": widths}
 
 

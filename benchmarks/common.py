@@ -25,17 +25,29 @@ def database_url(name: str) -> str:
     return re.sub(r"/[^/]*$", f"/{name}", server_url())
 
 
+def create_database(name: str, *, template: str | None = None) -> str:
+    """Create database ``name`` (empty, or a copy of ``template``), dropping any leftover;
+    return its URL."""
+    drop_database(name)
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return database_url(name)
+
+
+def drop_database(name: str) -> None:
+    """Drop database ``name`` if it exists, ending its sessions."""
+    with psycopg.connect(server_url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @contextmanager
 def scratch_database(name: str):
     """Create an empty database ``name`` (dropping any leftover) and drop it afterwards."""
-    with psycopg.connect(server_url(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = create_database(name)
     try:
-        yield database_url(name)
+        yield url
     finally:
-        with psycopg.connect(server_url(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def run(args: list[str], *, env_extra: dict[str, str]) -> tuple[float, int, str]:

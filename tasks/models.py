@@ -103,32 +103,28 @@ class Category(models.Model):
         return (self.slug,)
 
 
-def fill_workspaces(tasks: list["Task"], *, using: str) -> set[int]:
+def fill_workspaces(tasks: list["Task"], *, using: str) -> bool:
     """Set each task's workspace from its category (the default one without): the dual-write.
 
     A task without a category keeps a workspace it was given. One query for all the tasks'
-    categories, one for the default workspace if a task needs it. Returns the indexes of the
-    tasks whose workspace changed.
+    categories, one for the default workspace if a task needs it. Returns whether any task's
+    workspace changed.
     """
     category_ids = {task.category_id for task in tasks if task.category_id is not None}
     workspace_of = dict(
         Category.objects.using(using).filter(pk__in=category_ids).values_list("pk", "workspace")
     )
-    to_fill = [
-        (index, task)
-        for index, task in enumerate(tasks)
-        if task.category_id is not None or task.workspace_id is None
-    ]
-    if any(workspace_of.get(task.category_id) is None for _, task in to_fill):
+    to_fill = [task for task in tasks if task.category_id is not None or task.workspace_id is None]
+    if any(workspace_of.get(task.category_id) is None for task in to_fill):
         rule = WorkspaceRule(Workspace.objects.db_manager(using).default_id())
     else:
         rule = WorkspaceRule(default_workspace=0)  # every task has a category: never used
-    changed = set()
-    for index, task in to_fill:
+    changed = False
+    for task in to_fill:
         workspace = rule.for_task(category_workspace=workspace_of.get(task.category_id))
         if workspace != task.workspace_id:
             task.workspace_id = workspace
-            changed.add(index)
+            changed = True
     return changed
 
 
@@ -244,7 +240,9 @@ class Task(models.Model):
         derived = set()
         if self.fill_priority():
             derived.add("priority")
-        if update_fields is None or "category" in update_fields or self.workspace_id is None:
+        # Django accepts a foreign key's attname in update_fields too.
+        category_saved = update_fields is None or {"category", "category_id"} & set(update_fields)
+        if category_saved or self.workspace_id is None:
             using = kwargs.get("using") or router.db_for_write(Task, instance=self)
             if fill_workspaces([self], using=using):
                 derived.add("workspace")
