@@ -6,8 +6,9 @@ SQLite is the embedded default; a ``postgres://`` DATABASE_URL selects PostgreSQ
 import os
 from pathlib import Path
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from taskproj.database_url import database_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -113,8 +114,8 @@ WSGI_APPLICATION = "taskproj.wsgi.application"
 ASGI_APPLICATION = "taskproj.asgi.application"
 
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+    "default": database_from_url(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=env_int("CONN_MAX_AGE", 0),
     )
 }

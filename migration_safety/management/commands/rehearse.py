@@ -9,6 +9,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, connections
 
 from commandline.base import CheckedCommand
+from commandline.databases import connected
 from migration_safety.rehearsal import RehearsalReport, StepReport, rehearse
 from migration_safety.rollouts import Step, UnknownRollout, get_rollout, rollouts
 
@@ -105,6 +106,7 @@ class Command(CheckedCommand):
                 f"{connections[using].display_name}. Point DATABASE_URL (or --database) at a "
                 "PostgreSQL server; the rehearsal creates and drops its own scratch database there."
             )
+        connected(using)
         progress = self.stderr if options["json"] else self.stdout
         verbosity = options["verbosity"]
         total = len(rollout.steps) + 1
