@@ -25,9 +25,9 @@ from tasks.bulk_insert import insert_rows
 from tasks.factories import TaskFactory, UserFactory
 from tasks.models import Category, Task, Workspace
 from tasks.priority import PriorityRule
+from tasks.reference_fixtures import REFERENCE_FIXTURES
 from tasks.workspace import WorkspaceRule
 
-REFERENCE_FIXTURES = ("workspaces", "categories", "roles")
 ROLE_NAMES = ("Admin", "Manager", "Member")
 # Distinct factory-built prototypes per run; rows beyond this reuse them in random order.
 PROTOTYPE_POOL_SIZE = 20_000

@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings
 
 from tasks.models import Category
-from tasks.seeding import REFERENCE_FIXTURES
+from tasks.reference_fixtures import REFERENCE_FIXTURES
 from tests.helpers import rewind_to
 
 # Loaded by `manage.py loaddata` in this order: categories name their workspace.

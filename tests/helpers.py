@@ -15,7 +15,7 @@ from backfills.engine import BatchPolicy
 from backfills.orchestration import fill
 from backfills.registry import get_definition
 from tasks.models import Task
-from tasks.seeding import REFERENCE_FIXTURES
+from tasks.reference_fixtures import REFERENCE_FIXTURES
 
 
 @functools.cache

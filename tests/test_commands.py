@@ -68,6 +68,6 @@ def test_task_stats_prints_the_count_of_every_status_priority_and_workspace(demo
 def test_every_command_refuses_an_unknown_database_in_one_line(app, name):
     from django.core.management import CommandError, call_command
 
-    arguments = {"lint_migrations": [], "backfill": ["tasks.task.priority"]}.get(name, [])
+    arguments = {"backfill": ["tasks.task.priority"], "loaddata": ["roles"]}.get(name, [])
     with pytest.raises(CommandError, match="Unknown database 'nope'"):
         call_command(name, *arguments, database="nope")

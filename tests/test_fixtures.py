@@ -4,10 +4,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
-from django.core.serializers.base import DeserializationError
+from django.core.management.base import CommandError
 
 from tasks.models import Category, Task, Workspace
-from tasks.seeding import REFERENCE_FIXTURES
+from tasks.reference_fixtures import REFERENCE_FIXTURES
+from tests.helpers import rewind_to
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +94,7 @@ def test_a_malformed_fixture_fails_clearly_and_loads_nothing(tmp_path):
     )
 
     # when
-    with pytest.raises(DeserializationError, match="broken.json"):
+    with pytest.raises(CommandError, match=r"broken.json.*Nothing was loaded\.$"):
         call_command("loaddata", broken, verbosity=0)
 
     # then
@@ -116,10 +117,98 @@ def test_a_fixture_naming_a_missing_category_fails_clearly_and_loads_nothing(tmp
     fixture = write_fixture(tmp_path / "orphan.json", json.dumps(rows))
 
     # when
-    with pytest.raises(DeserializationError) as error:
+    with pytest.raises(CommandError) as error:
         call_command("loaddata", fixture, verbosity=0)
 
     # then
     assert "no-such-slug" in str(error.value)
     assert "loaddata categories" in str(error.value)
     assert counts() == {"categories": 0, "groups": 0, "users": 0, "tasks": 0}
+
+
+DOCUMENTED_SET = (*REFERENCE_FIXTURES, "operators", "demo")
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        DOCUMENTED_SET,
+        tuple(reversed(DOCUMENTED_SET)),
+        ("demo", "roles", "operators", *REFERENCE_FIXTURES),
+    ],
+    ids=" ".join,
+)
+def test_the_documented_fixtures_load_in_any_order(order):
+    # when
+    call_command("loaddata", *order, verbosity=0)
+
+    # then
+    assert counts() == {"categories": 7, "groups": 4, "users": 3, "tasks": 8}
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (
+            ("demo",),
+            "Fixture demo needs workspaces, categories, roles, operators loaded first: "
+            "manage.py loaddata workspaces categories roles operators demo",
+        ),
+        (
+            ("categories", "roles", "demo"),
+            "Fixtures categories, demo need workspaces, operators loaded first: "
+            "manage.py loaddata workspaces categories roles operators demo",
+        ),
+    ],
+    ids=" ".join,
+)
+def test_a_fixture_loaded_before_what_it_needs_names_it_and_loads_nothing(labels, expected):
+    with pytest.raises(CommandError) as error:
+        call_command("loaddata", *labels, verbosity=0)
+
+    assert str(error.value) == expected
+    assert counts() == {"categories": 0, "groups": 0, "users": 0, "tasks": 0}
+
+
+def test_what_a_fixture_needs_may_have_been_loaded_before(reference_data):
+    # given: workspaces, categories and roles loaded by an earlier command
+    # when
+    call_command("loaddata", "operators", "demo", verbosity=0)
+
+    # then
+    assert counts() == {"categories": 7, "groups": 4, "users": 3, "tasks": 8}
+
+
+@pytest.mark.parametrize(
+    ("step", "labels", "fixture", "migration"),
+    [
+        ("0001_initial", DOCUMENTED_SET, "demo", "tasks 0007_workspace_expand"),
+        ("0005_priority_index", ("workspaces",), "workspaces", "tasks 0006_workspaces"),
+        ("0006_workspaces", ("demo",), "demo", "tasks 0007_workspace_expand"),
+    ],
+)
+def test_a_fixture_loaded_before_the_migration_it_needs_names_the_step(
+    transactional_db, step, labels, fixture, migration
+):
+    with rewind_to(step):
+        before = Group.objects.count(), get_user_model().objects.count()
+
+        with pytest.raises(CommandError) as error:
+            call_command("loaddata", *labels, verbosity=0)
+
+        assert str(error.value) == (
+            f"Fixture {fixture!r} needs migration {migration.replace(' ', '.')}, which is not "
+            f"applied to database 'default': run manage.py migrate {migration} "
+            "(or manage.py migrate) first."
+        )
+        assert (Group.objects.count(), get_user_model().objects.count()) == before
+
+
+def test_operators_before_the_backfills_tables_names_their_migration(transactional_db):
+    call_command("migrate", "backfills", "zero", verbosity=0)
+    try:
+        with pytest.raises(CommandError, match=r"run manage.py migrate backfills 0001_initial"):
+            call_command("loaddata", "operators", verbosity=0)
+        assert not Group.objects.filter(name="Operators").exists()
+    finally:
+        call_command("migrate", "backfills", verbosity=0)
