@@ -1,11 +1,13 @@
 """The base of the repository's management commands: ``--database`` and ``--no-progress``, the
 checks of numeric options and of the tables a command needs, and the progress bar."""
 
+import datetime
 import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.utils import timezone
 from tqdm import tqdm
 
 
@@ -98,6 +100,16 @@ class CheckedCommand(BaseCommand):
         if minimum is not None and number < minimum:
             raise CommandError(f"{flag} must be at least {minimum:g}, got {number:g}.")
         return number
+
+    def date_option(self, name: str, value: str | None) -> datetime.date:
+        """Parse ``value`` as YYYY-MM-DD (today, in the current time zone, if None) or fail
+        naming ``--name``."""
+        if value is None:
+            return timezone.localdate()
+        try:
+            return datetime.date.fromisoformat(str(value).strip())
+        except ValueError:
+            raise CommandError(f"--{name} must be a date as YYYY-MM-DD, got {value!r}.") from None
 
     def progress_bar(self, *, total: int, unit: str, enabled: bool) -> tqdm:
         """A tqdm bar on stderr (rate and ETA), shown only when enabled and stderr is a terminal."""

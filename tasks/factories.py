@@ -38,11 +38,11 @@ def random_status() -> str:
     return randgen.choices(list(STATUS_WEIGHTS), weights=list(STATUS_WEIGHTS.values()))[0]
 
 
-def random_due_date(today: datetime.date | None = None) -> datetime.date | None:
-    """A due date between two months overdue and four months ahead, or none for some tasks."""
+def random_due_date(today: datetime.date) -> datetime.date | None:
+    """A due date between two months overdue and four months ahead of ``today``, or none for
+    some tasks."""
     if randgen.random() < NO_DUE_DATE_SHARE:
         return None
-    today = today or timezone.localdate()
     return today + datetime.timedelta(days=randgen.randint(*DUE_DAYS_RANGE))
 
 
@@ -98,10 +98,12 @@ class TaskFactory(DjangoModelFactory):
 
     class Params:
         phrase = factory.Faker("bs")
+        # The day due dates are drawn around: pass one for the same tasks on any day.
+        today = factory.LazyFunction(timezone.localdate)
 
     title = factory.LazyAttribute(lambda o: f"{randgen.choice(TITLE_VERBS)} {o.phrase}")
     description = factory.Faker("paragraph", nb_sentences=2)
     status = factory.LazyFunction(random_status)
-    due_date = factory.LazyFunction(random_due_date)
+    due_date = factory.LazyAttribute(lambda o: random_due_date(o.today))
     category = factory.SubFactory(CategoryFactory)
     assignee = factory.SubFactory(UserFactory)

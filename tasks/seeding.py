@@ -9,6 +9,7 @@ from it, with its category and assignee drawn per row, and streams the rows with
 ``TaskFactory``; memory is bounded by the pool and one batch, whatever the number of rows.
 """
 
+import datetime
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -105,14 +106,15 @@ def create_users(count: int, *, using: str) -> list[int]:
     )
 
 
-def build_prototypes(count: int, *, with_priority: bool) -> list[tuple]:
+def build_prototypes(count: int, *, today: datetime.date, with_priority: bool) -> list[tuple]:
     """Build ``count`` tasks with TaskFactory (not saved) as (title, description, status, due)
-    tuples, with the priority from the rule as a last item if ``with_priority``."""
-    prototypes = TaskFactory.build_batch(count, category=None, assignee=None)
+    tuples, due around ``today``, with the priority from the rule on that day as a last item if
+    ``with_priority``."""
+    prototypes = TaskFactory.build_batch(count, category=None, assignee=None, today=today)
     rows = [(t.title, t.description, t.status, t.due_date) for t in prototypes]
     if not with_priority:
         return rows
-    rule = PriorityRule(timezone.localdate())
+    rule = PriorityRule(today)
     return [(*row, rule.for_task(status=row[2], due_date=row[3])) for row in rows]
 
 
@@ -124,11 +126,13 @@ def task_rows(
     user_ids: list[int],
     workspaces: WorkspaceRule | None = None,
     workspace_of: dict[int, int] | None = None,
+    created_at: datetime.datetime,
 ) -> Iterator[tuple]:
-    """Yield ``count`` database-ready task rows in TASK_FIELDS order, then the prototype's
-    priority (if it has one), then the workspace by ``workspaces``, the rule (if given), from
-    ``workspace_of``, the workspace of each category."""
-    now = timezone.now()
+    """Yield ``count`` database-ready task rows in TASK_FIELDS order, created (and last
+    updated) at ``created_at``, then the prototype's priority (if it has one), then the
+    workspace by ``workspaces``, the rule (if given), from ``workspace_of``, the workspace of
+    each category."""
+    now = created_at
     for index in range(count):
         prototype = prototypes[index] if count <= len(prototypes) else randgen.choice(prototypes)
         category = None
@@ -153,11 +157,14 @@ def seed(
     using: str,
     with_priority: bool = True,
     with_workspace: bool = True,
+    today: datetime.date,
     on_batch: Callable[[int], None] | None = None,
 ) -> SeedResult:
     """Make sure reference data exists, then create ``users`` users and ``tasks`` tasks.
 
-    The same ``seed`` on the same database state gives the same rows. Each batch of
+    The same ``seed`` and ``today`` (the reference date: due dates and priorities are drawn
+    around it, and the tasks are created at its start) on the same database state give the
+    same rows, on any day. Each batch of
     ``batch_size`` tasks is written in its own transaction; ``on_batch`` is told its size.
     Without ``with_priority`` (``with_workspace``) tasks are written as the application wrote
     them before the priority (workspace) column existed: the INSERT does not name it.
@@ -174,7 +181,9 @@ def seed(
         workspaces = WorkspaceRule(Workspace.objects.db_manager(using).default_id())
         workspace_of = dict(categories.values_list("pk", "workspace"))
     user_ids = create_users(users, using=using)
-    prototypes = build_prototypes(min(tasks, PROTOTYPE_POOL_SIZE), with_priority=with_priority)
+    prototypes = build_prototypes(
+        min(tasks, PROTOTYPE_POOL_SIZE), today=today, with_priority=with_priority
+    )
     rows = task_rows(
         tasks,
         prototypes=prototypes,
@@ -182,6 +191,7 @@ def seed(
         user_ids=user_ids,
         workspaces=workspaces,
         workspace_of=workspace_of,
+        created_at=timezone.make_aware(datetime.datetime.combine(today, datetime.time.min)),
     )
     written = 0
     while written < tasks:

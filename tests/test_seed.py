@@ -1,3 +1,4 @@
+import datetime
 import os
 import sqlite3
 import subprocess
@@ -84,6 +85,68 @@ def test_the_same_seed_gives_the_same_data():
 
     # then
     assert snapshot() == first
+
+
+def every_column() -> list[tuple]:
+    """Every seeded value of every task, in id order (ids included: a second seed on the same
+    database state reuses the users and categories)."""
+    return list(
+        Task.objects.order_by("pk").values_list(
+            "title", "description", "status", "due_date", "priority", "category__slug",
+            "assignee__username", "workspace__slug", "created_at", "updated_at",
+        )
+    )  # fmt: skip
+
+
+def test_the_same_seed_and_reference_date_give_the_same_rows_beyond_the_prototype_pool(
+    monkeypatch,
+):
+    # given: more rows than prototypes, so that rows are drawn from the pool
+    monkeypatch.setattr("tasks.seeding.PROTOTYPE_POOL_SIZE", 50)
+    seed(tasks=400, users=4, seed=11, today="2026-03-01")
+    first = every_column()
+    Task.objects.all().delete()
+
+    # when
+    seed(tasks=400, users=4, seed=11, today="2026-03-01")
+
+    # then: the same rows, row by row, timestamps included
+    assert every_column() == first
+    assert {row[-2] for row in first} == {
+        timezone.make_aware(datetime.datetime(2026, 3, 1))
+    }  # created at the start of the reference date
+
+
+def test_due_dates_are_relative_to_the_reference_date_not_to_the_day_it_runs(monkeypatch):
+    # given
+    monkeypatch.setattr("tasks.seeding.PROTOTYPE_POOL_SIZE", 50)
+    seed(tasks=200, users=2, seed=5, today="2026-03-01")
+    march = Task.objects.order_by("pk").values_list("title", "status", "due_date")
+    march = list(march)
+    Task.objects.all().delete()
+
+    # when: the same seed ten days later
+    seed(tasks=200, users=2, seed=5, today="2026-03-11")
+
+    # then: the same tasks, each due ten days later
+    later = list(Task.objects.order_by("pk").values_list("title", "status", "due_date"))
+    assert [row[:2] for row in later] == [row[:2] for row in march]
+    shifts = {(b[2] - a[2]).days for a, b in zip(march, later, strict=True) if a[2] is not None}
+    assert shifts == {10}
+
+
+def test_the_reference_date_defaults_to_today_and_is_printed():
+    output = seed(tasks=5, users=1, seed=3)
+
+    assert f"seed 3, reference date {timezone.localdate().isoformat()}." in output
+
+
+@pytest.mark.parametrize("today", ["2026-13-01", "tomorrow", ""])
+def test_a_reference_date_that_is_not_a_date_is_refused_before_anything_is_written(today):
+    with pytest.raises(CommandError, match=r"--today must be a date as YYYY-MM-DD"):
+        seed(tasks=5, users=1, seed=3, today=today)
+
+    assert Task.objects.count() == 0 and get_user_model().objects.count() == 0
 
 
 def test_a_different_seed_gives_different_data():

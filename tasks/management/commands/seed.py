@@ -20,8 +20,8 @@ ROLLED_OUT = {
 class Command(CheckedCommand):
     help = (
         "Create users and tasks from the factories, loading the reference fixtures "
-        "(workspaces, categories, roles) first if they are missing. The same --seed gives the "
-        "same data."
+        "(workspaces, categories, roles) first if they are missing. The same --seed and "
+        "--today give the same data."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,6 +29,12 @@ class Command(CheckedCommand):
         parser.add_argument("--users", default="25", help="Users to create (default: 25).")
         parser.add_argument(
             "--seed", default=None, help="Random seed; default: a random one, printed at the end."
+        )
+        parser.add_argument(
+            "--today",
+            default=None,
+            help="Reference date (YYYY-MM-DD) due dates and priorities are drawn around and the "
+            "tasks are created on; default: today, printed at the end.",
         )
         parser.add_argument(
             "--batch-size",
@@ -53,6 +59,7 @@ class Command(CheckedCommand):
         if seed_value is None:
             seed_value = secrets.randbelow(2**31)
         seed_value = self.int_option("seed", seed_value, minimum=0)
+        today = self.date_option("today", options["today"])
         using = self.database_alias(options["database"])
         self.require_tables(using, Task, Category)
         written = {field: self.check_column(field, options, using) for field in ROLLED_OUT}
@@ -69,6 +76,7 @@ class Command(CheckedCommand):
                     using=using,
                     with_priority=written["priority"],
                     with_workspace=written["workspace"],
+                    today=today,
                     on_batch=bar.update,
                 )
         except (ReferenceDataMissing, Workspace.DoesNotExist) as exc:
@@ -81,8 +89,13 @@ class Command(CheckedCommand):
                 self.style.SUCCESS(
                     f"Seeded {result.tasks:,} tasks and {result.users:,} users "
                     f"in {result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s), "
-                    f"seed {seed_value}."
+                    f"seed {seed_value}, reference date {today.isoformat()}."
                 )
+            )
+        if options["verbosity"] >= 2:
+            self.stdout.write(
+                f"Due dates and priorities are relative to the reference date: --seed "
+                f"{seed_value} --today {today.isoformat()} gives the same rows on any day."
             )
 
     def check_column(self, field: str, options, using: str) -> bool:
