@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 # The PostgreSQL pass of `make test`; its tests are skipped with the reason if it is unreachable.
 POSTGRES_URL ?= postgres://root@127.0.0.1:5432/test
 SQLITE_URL := sqlite:///$(CURDIR)/db.sqlite3
+# The demo's database (a test plays the demo on a file of its own).
+DEMO_DB ?= $(CURDIR)/db.sqlite3
 # The migration lint only needs a PostgreSQL server to render the SQL; it writes nothing.
 LINT_URL ?= postgres://root@127.0.0.1:5432/postgres
 DEMO_TASKS ?= 20000
-DEMO := DATABASE_URL=$(SQLITE_URL) $(PY) manage.py
+DEMO := DATABASE_URL=sqlite:///$(DEMO_DB) $(PY) manage.py
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal bench-adaptive clean
@@ -26,29 +28,53 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The demo plays both rollouts on SQLite, from an empty db.sqlite3 each time: today's app with
-# its reference data, rewound to before either column existed, then each rollout in turn.
+# its reference data, rewound to before either column existed, then each rollout in turn, in the
+# runbook's order (docs/zero-downtime.md). Each command is shown as you would type it; DATABASE_URL
+# points at the demo's db.sqlite3 for all of them.
+run = @echo '   $$ manage.py $(1)' && $(DEMO) $(1)
+
 demo: $(STAMP)
-	rm -f db.sqlite3 db.sqlite3-wal db.sqlite3-shm
-	@echo "== 1. Today's app: every migration, the reference data and the demo users"
-	$(DEMO) migrate --verbosity 0
-	$(DEMO) loaddata workspaces categories roles operators demo
-	@echo "== 2. Back to where the brief starts (tasks before priority); legacy tasks as the old code wrote them"
-	$(DEMO) migrate tasks 0001_initial --verbosity 0
-	$(DEMO) seed --tasks $(DEMO_TASKS) --seed 1 --without-priority --without-workspace
-	@echo "== 3. The priority rollout: expand, backfill in batches (resumable; try Ctrl-C and run it again), data migration, contract, index"
-	$(DEMO) migrate tasks 0002_priority_expand
-	$(DEMO) backfill_priority --dry-run
-	$(DEMO) backfill_priority
-	$(DEMO) migrate tasks 0005_priority_index
-	@echo "== 4. The workspace rollout: workspaces, expand (key NOT VALID, index concurrently), backfill, contract"
-	$(DEMO) migrate tasks 0007_workspace_expand
-	$(DEMO) loaddata workspaces categories
-	$(DEMO) backfill tasks.task.workspace --dry-run
-	$(DEMO) backfill tasks.task.workspace
-	$(DEMO) migrate
-	$(DEMO) backfill --list
-	$(DEMO) backfill --status
-	$(DEMO) task_stats
+	@rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
+	@echo
+	@echo "== 1. Today's app: every app migrated, the reference data and the demo users"
+	$(call run,migrate --verbosity 0)
+	$(call run,loaddata workspaces categories roles operators demo)
+	@echo
+	@echo "== 2. Back to where the story starts: tasks as it was before priority, with tasks the old code wrote"
+	@echo "   Tasks is migrated back to 0001; the rows stay. The seed writes them as the old code did,"
+	@echo "   naming neither column, with due dates around a reference date (--today, default today)."
+	$(call run,migrate tasks 0001_initial --verbosity 0)
+	$(call run,seed --tasks $(DEMO_TASKS) --seed 1 --without-priority --without-workspace)
+	@echo
+	@echo "== 3. The priority rollout (runbook: The first column)"
+	@echo "   3a. Expand: add priority, nullable. On PostgreSQL a catalogue change, under a bounded lock wait."
+	$(call run,migrate tasks 0002_priority_expand)
+	@echo "   3b. Deploy the code that writes it: Task.save() and bulk_create() set priority from the rule."
+	@echo "   3c. Backfill the old rows in batches. The rule counts due dates from the run's reference date"
+	@echo "       (the day the run started, kept on the run so a resumed run computes the same values)."
+	@echo "       First a dry run, then the real one: resumable, try Ctrl-C and run it again."
+	$(call run,backfill_priority --dry-run)
+	$(call run,backfill_priority)
+	@echo "   3d. Data migration 0003 (finishes the backfill), contract 0004 (default, then NOT NULL through"
+	@echo "       a validated check, no long lock), index 0005 (priority, due_date; CONCURRENTLY on PostgreSQL)."
+	$(call run,migrate tasks 0005_priority_index)
+	@echo
+	@echo "== 4. The workspace rollout, a foreign key (runbook: The second column)"
+	@echo "   4a. The workspaces table and the categories' workspaces."
+	$(call run,migrate tasks 0006_workspaces)
+	$(call run,loaddata workspaces categories)
+	@echo "   4b. Expand: workspace_id nullable; on PostgreSQL its key NOT VALID and its index CONCURRENTLY."
+	$(call run,migrate tasks 0007_workspace_expand)
+	@echo "   4c. Backfill: each task gets its category's workspace, else the default one."
+	$(call run,backfill tasks.task.workspace --dry-run)
+	$(call run,backfill tasks.task.workspace)
+	@echo "   4d. Data migration 0008, contract 0009 (the key validated, NOT NULL)."
+	$(call run,migrate tasks)
+	@echo
+	@echo "== 5. Where things stand: the registered backfills, their runs, the tasks"
+	$(call run,backfill --list)
+	$(call run,backfill --status)
+	$(call run,task_stats)
 	@echo
 	@echo "Open the admin:  $(PY) manage.py runserver  then http://127.0.0.1:8000/admin/"
 	@echo "Log in as alice (Admin, Operators: Backfill runs), bob (Manager) or carol (Member);"

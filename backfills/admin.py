@@ -192,7 +192,7 @@ class BackfillRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="rows/s")
     def rate_column(self, run: BackfillRun) -> str:
-        return "-" if not run.rows_per_second else f"{run.rows_per_second:,.0f}"
+        return "-" if not run.rate else f"{run.rate:,.0f}"
 
     @admin.display(description="ETA")
     def eta_column(self, run: BackfillRun) -> str:

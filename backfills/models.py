@@ -151,6 +151,16 @@ class BackfillRun(models.Model):
         return min(0.99, self.rows_done / self.rows_estimated)
 
     @property
+    def rate(self) -> float | None:
+        """Rows per second to show: while open, the smoothed rate of the latest batches (what
+        the ETA counts on); once finished, the average from start to finish, which is what the
+        command's summary reports for a run it carried out in one go."""
+        if self.is_open or self.finished_at is None:
+            return self.rows_per_second
+        seconds = (self.finished_at - self.started_at).total_seconds()
+        return self.rows_done / seconds if seconds > 0 and self.rows_done else None
+
+    @property
     def eta_seconds(self) -> float | None:
         """Seconds left at the smoothed rate, None when unknown or not running."""
         if self.status != self.Status.RUNNING or not self.rows_per_second:

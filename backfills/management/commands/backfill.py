@@ -288,9 +288,14 @@ class Command(CheckedCommand):
         # A finished run ended on a scan that found no pending row: counting them again would
         # read the whole table once more (0.09 s at 1,000,000 rows) to print the same 0.
         left = 0 if result.finished else pending_rows(definition, using=using).count()
+        seconds, rate = result.seconds, result.rows_per_second
+        run.refresh_from_db(fields=["rows_done", "started_at", "finished_at", "status"])
+        if result.finished and run.rows_done == result.rows and run.rate:
+            # This command carried the whole run: the figures --status and the admin show.
+            seconds, rate = (run.finished_at - run.started_at).total_seconds(), run.rate
         self.stdout.write(
             f"Updated {result.rows:,} rows in {result.batches:,} batches, "
-            f"{result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s); "
+            f"{seconds:.1f} s ({rate:,.0f} rows/s); "
             f"{'NULL' if definition.pending_is_null else 'pending'} rows left: {left:,}."
         )
         if result.finished:
@@ -427,7 +432,7 @@ class Command(CheckedCommand):
             self.stdout.write(
                 f"{'#' + str(run.pk):>5}  {run.status_label:<19} {progress:>6} "
                 f"{run.rows_done:>12,} {run.rows_estimated or 0:>12,} "
-                f"{run.rows_per_second or 0:>8,.0f} {format_seconds(run.eta_seconds):>8} "
+                f"{run.rate or 0:>8,.0f} {format_seconds(run.eta_seconds):>8} "
                 f"{run.batch_size or 0:>7,} {run.workers:>7} "
                 f"{format_seconds(run.heartbeat_age):>10}  "
                 f"{run.origin} / {run.started_by or '-'}"
