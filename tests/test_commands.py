@@ -64,6 +64,31 @@ def test_task_stats_prints_the_count_of_every_status_priority_and_workspace(demo
     ]
 
 
+@pytest.mark.django_db
+def test_task_stats_counts_a_status_outside_the_known_four_under_its_raw_value(demo_data):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tasks.models import Task
+
+    # given: two tasks with a status other code wrote, one the model does not know
+    Task.objects.filter(pk__in=Task.objects.order_by("pk").values("pk")[:2]).update(
+        status="archived"
+    )
+    out = StringIO()
+
+    # when
+    call_command("task_stats", stdout=out)
+
+    # then: they are counted under that value, and the total is every task
+    lines = [line.split() for line in out.getvalue().splitlines()]
+    by_status = lines[1 : lines.index(["Tasks", "by", "priority"])]
+    assert ["archived", "2"] in by_status
+    assert by_status[-1] == ["Total", str(Task.objects.count())]
+    assert sum(int(line[-1]) for line in by_status[:-1]) == Task.objects.count() == 8
+
+
 @pytest.mark.parametrize(("app", "name"), PROJECT_COMMANDS)
 def test_every_command_refuses_an_unknown_database_in_one_line(app, name):
     from django.core.management import CommandError, call_command
