@@ -34,6 +34,42 @@ def test_help_describes_the_command_and_its_options(app, name, capsys):
     assert "--database" in out
 
 
+@pytest.mark.parametrize(
+    ("flag", "dest", "setting", "value"),
+    [
+        ("--lock-timeout-in-ms", "lock_timeout_in_ms", "MIGRATION_LOCK_TIMEOUT_MS", 1_500),
+        ("--lock-timeout-max-retries", "lock_timeout_max_retries", "MIGRATION_LOCK_RETRIES", 7),
+        (
+            "--lock-timeout-retry-min-wait-in-ms",
+            "lock_timeout_retry_min_wait_in_ms",
+            "MIGRATION_RETRY_MIN_WAIT_MS",
+            250,
+        ),
+        (
+            "--lock-timeout-retry-max-wait-in-ms",
+            "lock_timeout_retry_max_wait_in_ms",
+            "MIGRATION_RETRY_MAX_WAIT_MS",
+            4_000,
+        ),
+    ],
+)
+def test_migrate_help_states_the_defaults_it_runs_with(flag, dest, setting, value, settings):
+    # given: the project's setting, not the library's default
+    setattr(settings, setting, value)
+    parser = load_command_class("migration_safety", "migrate").create_parser("manage.py", "migrate")
+
+    # when
+    text = " ".join(parser.format_help().split())
+    default = getattr(parser.parse_args([]), dest)
+
+    # then: the help names the setting and its value, which is the default the command uses
+    assert default == value
+    options = text[text.index("options:") :]
+    described = options[options.index(f"{flag} {dest.upper()}") :].split(" --")[0]
+    assert f"(default: {setting}, {value:,})" in described
+    assert "Defaults to" not in described
+
+
 @pytest.mark.django_db
 def test_task_stats_prints_the_count_of_every_status_priority_and_workspace(demo_data):
     from io import StringIO
