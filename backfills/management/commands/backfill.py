@@ -1,6 +1,8 @@
 """manage.py backfill NAME: fill a registered backfill's column in batches, resumably, gently;
 steer its run from another terminal (--pause, --resume, --cancel, --status); --list them all."""
 
+from contextlib import ExitStack
+
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError, CommandParser
@@ -225,10 +227,13 @@ class Command(CheckedCommand):
         except (ImproperlyConfigured, BackfillNotReady) as exc:
             raise CommandError(str(exc)) from exc
 
-        bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
+        # The bar is opened once the run is (after its start line, with its total), and closed
+        # with the fill, however it ends.
+        bars = ExitStack()
+        bar = None
 
         def on_start(opened: Opened) -> None:
-            bar.reset(total=opened.pending)
+            nonlocal bar
             if verbosity >= 1:
                 how = "Resuming" if opened.resumed else "Starting"
                 about = "" if opened.exact else "about "
@@ -237,6 +242,11 @@ class Command(CheckedCommand):
                     f"{about}{opened.pending:,} rows with {definition.pending_label}"
                     + (f", {workers} workers in parallel." if workers > 1 else ".")
                 )
+            bar = bars.enter_context(
+                self.progress_bar(
+                    total=opened.pending, unit="row", enabled=not options["no_progress"]
+                )
+            )
 
         def on_batch(report: BatchReport) -> None:
             bar.update(report.rows)
@@ -249,7 +259,7 @@ class Command(CheckedCommand):
                 )
 
         try:
-            with bar:
+            with bars:
                 run, result = fill(
                     definition,
                     using=using,
