@@ -8,14 +8,17 @@ nothing else about the column.
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, connections, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from backfills.controls import CONTROLS, RunStateError
 from backfills.engine import (
+    Backfill,
     BackfillBusy,
     BackfillResult,
     BatchPolicy,
@@ -24,7 +27,13 @@ from backfills.engine import (
     run_backfill,
 )
 from backfills.health import DatabaseHealth
-from backfills.inspection import column_state, estimate_pending, migration_adding, preview
+from backfills.inspection import (
+    column_state,
+    estimate_pending,
+    migration_adding,
+    planned_rows,
+    preview,
+)
 from backfills.lanes import check_workers
 from backfills.leases import exclusive_run, process_run
 from backfills.ledger import RunCheckpoint, find_open_run, open_run, process_name, record_event
@@ -257,7 +266,14 @@ def _open(
         background=background,
         batch_size=batch_size,
     )
-    pending = estimate_pending(definition.backfill(model, run.parameters), using=using)
+    backfill = definition.backfill(model, run.parameters)
+    pending = estimate_pending(backfill, using=using)
+    if resumed and connections[using].vendor == "postgresql":
+        # The planner's share of pending rows is as of the last ANALYZE: a run resumed before
+        # the next one would be estimated its whole table again, and rows_done + pending would
+        # climb past the table with every resume. The rows left are (nearly all) ahead of the
+        # run's checkpoints, whatever the statistics say about them.
+        pending = min(pending, _rows_ahead(backfill, run, using=using))
     exact = connections[using].vendor != "postgresql" or pending < EXACT_COUNT_BELOW
     if connections[using].vendor == "postgresql" and exact:
         pending = pending_rows(definition, using=using).count()
@@ -271,6 +287,21 @@ def _open(
     if not resumed:
         record_event(run, "created", using=using, actor=started_by, origin=origin)
     return Opened(run, resumed, pending, exact)
+
+
+def _rows_ahead(backfill: Backfill, run: BackfillRun, *, using: str) -> int:
+    """The planner's estimate of the rows, filled or not, that the run has still to walk: after
+    each open lane's checkpoint, up to its end; without lanes, after the run's checkpoint."""
+    lanes = BackfillLane.objects.using(using).filter(run=run, finished=False)
+    ranges = [
+        (lane.after_key if lane.last_key is None else lane.last_key, lane.upto_key)
+        for lane in lanes
+    ] or [(run.last_key, None)]
+    walk = replace(backfill, pending=Q())  # every row, within each range's bounds
+    return sum(
+        planned_rows(walk.within(after, upto).queryset(using), key=backfill.key)
+        for after, upto in ranges
+    )
 
 
 def interrupt(run: BackfillRun, *, using: str, actor: str, origin: str) -> BackfillRun:
