@@ -20,9 +20,9 @@ Status = BackfillRun.Status
 Kind = BackfillRunEvent.Kind
 # Which action applies to a run in which status.
 CONTROL_STATUSES = {
-    "pause": (Status.PENDING, Status.RUNNING),
+    "pause": (Status.PENDING, Status.RUNNING, Status.INTERRUPTED),
     "resume": (Status.PAUSED,),
-    "cancel": (Status.PENDING, Status.RUNNING, Status.PAUSED, Status.FAILED),
+    "cancel": (Status.PENDING, Status.RUNNING, Status.PAUSED, Status.FAILED, Status.INTERRUPTED),
     "retry": (Status.FAILED,),
 }
 # Statuses in which the action has, in effect, already been taken.

@@ -80,9 +80,14 @@ def estimate_pending(backfill: Backfill, *, using: str) -> int:
                     )
             except DatabaseError:
                 logger.info("could not analyse %s.%s for an estimate", table, column)
+    return planned_rows(queryset, key=backfill.key)
+
+
+def planned_rows(queryset: models.QuerySet, *, key: str) -> int:
+    """The planner's estimate of the rows ``queryset`` would return (PostgreSQL's EXPLAIN)."""
     # Only the key is selected: the plan's row count is the same, and a model that has moved on
     # (a column added since) still explains against an older schema.
-    plan = json.loads(queryset.order_by().values(backfill.key).explain(format="json"))
+    plan = json.loads(queryset.order_by().values(key).explain(format="json"))
     return int(plan[0]["Plan"]["Plan Rows"])
 
 

@@ -35,7 +35,13 @@ from backfills.engine import (
     run_backfill,
 )
 from backfills.lanes import plan_lanes, run_lanes
-from backfills.ledger import CONTROL_BY_STATUS, RunCheckpoint, failure_fields, record_event
+from backfills.ledger import (
+    CONTROL_BY_STATUS,
+    RunCheckpoint,
+    failure_fields,
+    record_event,
+    success_fields,
+)
 from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent
 
 Status = BackfillRun.Status
@@ -193,7 +199,7 @@ class LeasedCheckpoint(RunCheckpoint):
         self._event(Kind.FAILED, error)
 
     def record_success(self) -> None:
-        self._update(status=Status.SUCCEEDED, finished_at=timezone.now(), lease_owner="")
+        self._update(**success_fields(), lease_owner="")
         self._event(Kind.SUCCEEDED)
 
     def record_cancelled(self) -> None:

@@ -33,6 +33,17 @@ def failure_fields(error: str) -> dict[str, Any]:
     }
 
 
+def success_fields() -> dict[str, Any]:
+    """What a run's row records when it succeeds: the status and its time; the error of an
+    earlier failed attempt is cleared (its event stays in the history)."""
+    return {
+        "status": "succeeded",
+        "finished_at": timezone.now(),
+        "last_error": "",
+        "last_error_at": None,
+    }
+
+
 def find_open_run(
     run_model: type[models.Model], *, name: str, using: str, for_update: bool = False
 ) -> models.Model | None:
@@ -125,7 +136,7 @@ class RunCheckpoint:
         self._update(**failure_fields(error))
 
     def record_success(self) -> None:
-        self._update(status="succeeded", finished_at=timezone.now(), last_error="")
+        self._update(**success_fields())
 
     def record_cancelled(self) -> None:
         self._update(status="cancelled", finished_at=timezone.now())

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 # A run in one of these states is not finished: the next invocation resumes it, and a partial
 # unique index allows one per backfill.
-OPEN_STATUSES = ("pending", "running", "paused", "cancelling", "failed")
+OPEN_STATUSES = ("pending", "running", "paused", "cancelling", "failed", "interrupted")
 
 
 class BackfillRun(models.Model):
@@ -33,6 +33,8 @@ class BackfillRun(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         FAILED = "failed", "Failed"
         SUCCEEDED = "succeeded", "Succeeded"
+        # Stopped by its operator (Ctrl-C) between batches: the next command carries it on.
+        INTERRUPTED = "interrupted", "Interrupted"
 
     class Origin(models.TextChoices):
         COMMAND = "command", "Command"
@@ -216,6 +218,7 @@ class BackfillRunEvent(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         THROTTLED = "throttled", "Throttled"
         TAKEN_OVER = "taken over", "Taken over"
+        INTERRUPTED = "interrupted", "Interrupted"
 
     run = models.ForeignKey(BackfillRun, on_delete=models.CASCADE, related_name="events")
     at = models.DateTimeField(default=timezone.now)

@@ -8,13 +8,17 @@ nothing else about the column.
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, connections, models, transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from backfills.controls import CONTROLS, RunStateError
 from backfills.engine import (
+    Backfill,
     BackfillBusy,
     BackfillResult,
     BatchPolicy,
@@ -23,11 +27,17 @@ from backfills.engine import (
     run_backfill,
 )
 from backfills.health import DatabaseHealth
-from backfills.inspection import column_state, estimate_pending, migration_adding, preview
+from backfills.inspection import (
+    column_state,
+    estimate_pending,
+    migration_adding,
+    planned_rows,
+    preview,
+)
 from backfills.lanes import check_workers
 from backfills.leases import exclusive_run, process_run
 from backfills.ledger import RunCheckpoint, find_open_run, open_run, process_name, record_event
-from backfills.models import BackfillRun
+from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent
 from backfills.registry import BackfillDefinition
 from backfills.workers import enqueue_slice
 
@@ -256,11 +266,20 @@ def _open(
         background=background,
         batch_size=batch_size,
     )
-    pending = estimate_pending(definition.backfill(model, run.parameters), using=using)
+    backfill = definition.backfill(model, run.parameters)
+    pending = estimate_pending(backfill, using=using)
+    if resumed and connections[using].vendor == "postgresql":
+        # The planner's share of pending rows is as of the last ANALYZE: a run resumed before
+        # the next one would be estimated its whole table again, and rows_done + pending would
+        # climb past the table with every resume. The rows left are (nearly all) ahead of the
+        # run's checkpoints, whatever the statistics say about them.
+        pending = min(pending, _rows_ahead(backfill, run, using=using))
     exact = connections[using].vendor != "postgresql" or pending < EXACT_COUNT_BELOW
     if connections[using].vendor == "postgresql" and exact:
         pending = pending_rows(definition, using=using).count()
     carry_on = {"status": Status.PENDING, "background": True} if background else {}
+    if run.status == Status.INTERRUPTED:
+        carry_on.setdefault("status", Status.PENDING)  # to be claimed, and running, at once
     BackfillRun.objects.using(using).filter(pk=run.pk).update(
         rows_estimated=run.rows_done + pending, workers=workers, **carry_on
     )
@@ -268,6 +287,61 @@ def _open(
     if not resumed:
         record_event(run, "created", using=using, actor=started_by, origin=origin)
     return Opened(run, resumed, pending, exact)
+
+
+def _rows_ahead(backfill: Backfill, run: BackfillRun, *, using: str) -> int:
+    """The planner's estimate of the rows, filled or not, that the run has still to walk: after
+    each open lane's checkpoint, up to its end; without lanes, after the run's checkpoint."""
+    lanes = BackfillLane.objects.using(using).filter(run=run, finished=False)
+    ranges = [
+        (lane.after_key if lane.last_key is None else lane.last_key, lane.upto_key)
+        for lane in lanes
+    ] or [(run.last_key, None)]
+    walk = replace(backfill, pending=Q())  # every row, within each range's bounds
+    return sum(
+        planned_rows(walk.within(after, upto).queryset(using), key=backfill.key)
+        for after, upto in ranges
+    )
+
+
+def interrupt(run: BackfillRun, *, using: str, actor: str, origin: str) -> BackfillRun:
+    """Record at once that this process's operator stopped ``run`` (Ctrl-C): a run it had opened
+    or was filling becomes interrupted, for the next command to carry on; its history says
+    where it stopped. A run in any other state (paused, cancelling, taken over by another
+    process meanwhile) is left as it is. Returns the run as it is now."""
+    with transaction.atomic(using=using):
+        current = BackfillRun.objects.using(using).select_for_update().get(pk=run.pk)
+        ours = not current.lease_is_live or current.lease_owner == actor
+        if current.status in (Status.PENDING, Status.RUNNING) and ours:
+            BackfillRun.objects.using(using).filter(pk=run.pk).update(
+                status=Status.INTERRUPTED,
+                lease_owner="",
+                lease_expires_at=None,
+                throttle_reason="",
+                updated_at=timezone.now(),
+            )
+            record_event(
+                current,
+                BackfillRunEvent.Kind.INTERRUPTED,
+                using=using,
+                actor=actor,
+                origin=origin,
+                message=f"{current.rows_done:,} rows done, {stopped_at(current, using=using)}",
+            )
+    run.refresh_from_db(using=using)
+    return run
+
+
+def stopped_at(run: BackfillRun, *, using: str) -> str:
+    """Where the run's checkpoint stands, as words: "after key 4200", or "after keys 1200,
+    11300 (one per lane)" for the lanes still open of a parallel run."""
+    lanes = list(BackfillLane.objects.using(using).filter(run=run, finished=False))
+    if not lanes:
+        return "at the start" if run.last_key is None else f"after key {run.last_key}"
+    keys = ", ".join(
+        str(lane.after_key if lane.last_key is None else lane.last_key) for lane in lanes
+    )
+    return f"after keys {keys} (one per lane)"
 
 
 def steer(run: BackfillRun, action: str, *, using: str, actor: str, origin: str) -> BackfillRun:

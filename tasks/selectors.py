@@ -13,9 +13,12 @@ def _counts_by(field: str, *, using: str) -> dict:
 
 
 def task_counts_by_status(*, using: str) -> dict[str, int]:
-    """Number of tasks per status, every status present (zero when none)."""
+    """Number of tasks per status, every known status present (zero when none), then any other
+    value the column holds (written by other code, or before a status was retired), by value:
+    every row is counted once."""
     counts = _counts_by("status", using=using)
-    return {status: counts.get(status, 0) for status in Task.Status.values}
+    known = {status: counts.pop(status, 0) for status in Task.Status.values}
+    return {**known, **dict(sorted(counts.items(), key=lambda item: str(item[0])))}
 
 
 def task_counts_by_priority(*, using: str) -> dict[str | None, int]:

@@ -478,6 +478,22 @@ def test_progress_bar_shows_rows_rate_and_eta_on_a_terminal_and_the_summary_the_
     )
 
 
+def test_on_a_terminal_the_start_line_comes_before_the_progress_bar(expand_step):
+    # given: a terminal showing both the command's output and its progress bar
+    legacy_tasks(12)
+    terminal = Terminal()
+
+    # when
+    call_command(
+        "backfill_priority", batch_size="5", target_batch_ms="0", stdout=terminal, stderr=terminal
+    )
+
+    # then: the first thing on the screen is the start line, not an empty bar
+    screen = terminal.getvalue()
+    assert screen.startswith("Starting run #"), screen
+    assert "12/12" in screen and "0row [" not in screen
+
+
 def test_no_progress_keeps_the_terminal_free_of_the_bar(expand_step):
     legacy_tasks(4)
     err = Terminal()

@@ -91,6 +91,31 @@ def test_the_estimate_of_a_fresh_column_comes_from_statistics_gathered_for_it(tr
         assert 4_500 <= estimate <= 5_500
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_estimate_of_a_resumed_run_stays_within_the_table(expand_step, workers):
+    # given: 20,000 rows, and statistics that will not follow the run (as between two
+    # autovacuum ANALYZEs): they keep saying every row is pending
+    seed_legacy(20_000)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE tasks_task SET (autovacuum_enabled = false)")
+    try:
+        estimates = []
+        for _ in range(3):
+            # when: a run stopped after 4,000 rows, then resumed, twice
+            call_command(
+                "backfill_priority", batch_size="2000", target_batch_ms="0", max_batches="2",
+                workers=str(workers), no_progress=True, stdout=StringIO(),
+            )  # fmt: skip
+            estimates.append(BackfillRun.objects.get().rows_estimated)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE tasks_task RESET (autovacuum_enabled)")
+
+    # then: rows done and the rows left never add up to more rows than there are
+    assert all(estimate <= 20_000 for estimate in estimates), estimates
+    assert BackfillRun.objects.get().rows_done == 12_000
+
+
 # -- steering a running process --------------------------------------------------------------
 
 

@@ -143,27 +143,6 @@ def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(
     assert_rule_applied_to(Task.objects.all(), reference_date(run))
 
 
-def test_ctrl_c_stops_every_lane_before_its_next_batch(expand_step):
-    # given: a 2-worker command that would need ~50 s more
-    seed_legacy(20_000)
-    process = two_lanes_under_way(sleep="0.5")
-    try:
-        # when
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-
-    # then: it stopped at once, with every lane's checkpoint exact and its lease given up
-    run = BackfillRun.objects.get()
-    assert process.returncode != 0
-    assert run.rows_done < 10_000 and run.lease_owner == ""
-    assert_lanes_match_the_data(run)
-    time.sleep(0.5)
-    assert Task.objects.filter(priority__isnull=False).count() == run.rows_done
-
-
 def test_max_batches_bounds_all_lanes_together_and_one_worker_finishes_the_lanes(expand_step):
     # given
     seed_legacy(3_000)

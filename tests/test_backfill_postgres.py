@@ -222,10 +222,12 @@ def test_a_lock_timeout_is_retried_then_stops_cleanly_and_resumes(expand_step):
         "backfill_priority", batch_size=10, target_batch_ms=0, no_progress=True, stdout=out
     )
 
-    # then
+    # then: succeeded, with no current error; the failure stays in the run's history
     run = BackfillRun.objects.get()
     assert f"Resuming run #{run.pk}" in out.getvalue()
     assert (run.status, run.rows_done) == ("succeeded", 30)
+    assert (run.last_error, run.last_error_at) == ("", None)
+    assert run.events.filter(kind="failed", message__contains="attempt 3 of 3").exists()
     assert not Task.objects.filter(priority__isnull=True).exists()
 
 

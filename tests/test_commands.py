@@ -34,6 +34,42 @@ def test_help_describes_the_command_and_its_options(app, name, capsys):
     assert "--database" in out
 
 
+@pytest.mark.parametrize(
+    ("flag", "dest", "setting", "value"),
+    [
+        ("--lock-timeout-in-ms", "lock_timeout_in_ms", "MIGRATION_LOCK_TIMEOUT_MS", 1_500),
+        ("--lock-timeout-max-retries", "lock_timeout_max_retries", "MIGRATION_LOCK_RETRIES", 7),
+        (
+            "--lock-timeout-retry-min-wait-in-ms",
+            "lock_timeout_retry_min_wait_in_ms",
+            "MIGRATION_RETRY_MIN_WAIT_MS",
+            250,
+        ),
+        (
+            "--lock-timeout-retry-max-wait-in-ms",
+            "lock_timeout_retry_max_wait_in_ms",
+            "MIGRATION_RETRY_MAX_WAIT_MS",
+            4_000,
+        ),
+    ],
+)
+def test_migrate_help_states_the_defaults_it_runs_with(flag, dest, setting, value, settings):
+    # given: the project's setting, not the library's default
+    setattr(settings, setting, value)
+    parser = load_command_class("migration_safety", "migrate").create_parser("manage.py", "migrate")
+
+    # when
+    text = " ".join(parser.format_help().split())
+    default = getattr(parser.parse_args([]), dest)
+
+    # then: the help names the setting and its value, which is the default the command uses
+    assert default == value
+    options = text[text.index("options:") :]
+    described = options[options.index(f"{flag} {dest.upper()}") :].split(" --")[0]
+    assert f"(default: {setting}, {value:,})" in described
+    assert "Defaults to" not in described
+
+
 @pytest.mark.django_db
 def test_task_stats_prints_the_count_of_every_status_priority_and_workspace(demo_data):
     from io import StringIO
@@ -62,6 +98,31 @@ def test_task_stats_prints_the_count_of_every_status_priority_and_workspace(demo
         ["Default", "2"],
         ["Product", "3"],
     ]
+
+
+@pytest.mark.django_db
+def test_task_stats_counts_a_status_outside_the_known_four_under_its_raw_value(demo_data):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tasks.models import Task
+
+    # given: two tasks with a status other code wrote, one the model does not know
+    Task.objects.filter(pk__in=Task.objects.order_by("pk").values("pk")[:2]).update(
+        status="archived"
+    )
+    out = StringIO()
+
+    # when
+    call_command("task_stats", stdout=out)
+
+    # then: they are counted under that value, and the total is every task
+    lines = [line.split() for line in out.getvalue().splitlines()]
+    by_status = lines[1 : lines.index(["Tasks", "by", "priority"])]
+    assert ["archived", "2"] in by_status
+    assert by_status[-1] == ["Total", str(Task.objects.count())]
+    assert sum(int(line[-1]) for line in by_status[:-1]) == Task.objects.count() == 8
 
 
 @pytest.mark.parametrize(("app", "name"), PROJECT_COMMANDS)

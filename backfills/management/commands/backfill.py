@@ -1,6 +1,9 @@
 """manage.py backfill NAME: fill a registered backfill's column in batches, resumably, gently;
 steer its run from another terminal (--pause, --resume, --cancel, --status); --list them all."""
 
+import shlex
+from contextlib import ExitStack
+
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError, CommandParser
@@ -27,11 +30,13 @@ from backfills.orchestration import (
     column_of,
     dry_run,
     fill,
+    interrupt,
     missing_column_message,
     nothing_pending_message,
     pending_rows,
     start_on_workers,
     steer,
+    stopped_at,
 )
 from backfills.registry import (
     BackfillDefinition,
@@ -48,6 +53,17 @@ MAX_BATCH_SIZE = 100_000
 # Retry is running the command again.
 STEERING = ("pause", "resume", "cancel")
 STATUS_ROWS = 10
+# The options a resumed run is given again by the command line that Ctrl-C prints.
+RESUMED_OPTIONS = (
+    "batch_size",
+    "target_batch_ms",
+    "sleep",
+    "lock_timeout",
+    "statement_timeout",
+    "max_retries",
+    "workers",
+    "database",
+)
 
 
 class Command(CheckedCommand):
@@ -225,10 +241,15 @@ class Command(CheckedCommand):
         except (ImproperlyConfigured, BackfillNotReady) as exc:
             raise CommandError(str(exc)) from exc
 
-        bar = self.progress_bar(total=0, unit="row", enabled=not options["no_progress"])
+        # The bar is opened once the run is (after its start line, with its total), and closed
+        # with the fill, however it ends.
+        bars = ExitStack()
+        bar = None
+        started: BackfillRun | None = None
 
         def on_start(opened: Opened) -> None:
-            bar.reset(total=opened.pending)
+            nonlocal bar, started
+            started = opened.run
             if verbosity >= 1:
                 how = "Resuming" if opened.resumed else "Starting"
                 about = "" if opened.exact else "about "
@@ -237,6 +258,11 @@ class Command(CheckedCommand):
                     f"{about}{opened.pending:,} rows with {definition.pending_label}"
                     + (f", {workers} workers in parallel." if workers > 1 else ".")
                 )
+            bar = bars.enter_context(
+                self.progress_bar(
+                    total=opened.pending, unit="row", enabled=not options["no_progress"]
+                )
+            )
 
         def on_batch(report: BatchReport) -> None:
             bar.update(report.rows)
@@ -249,7 +275,7 @@ class Command(CheckedCommand):
                 )
 
         try:
-            with bar:
+            with bars:
                 run, result = fill(
                     definition,
                     using=using,
@@ -262,6 +288,8 @@ class Command(CheckedCommand):
                     on_batch=on_batch,
                     workers=workers,
                 )
+        except KeyboardInterrupt:
+            raise self.interrupted(started, definition, options, using=using) from None
         except BackfillFailed as exc:
             raise CommandError(
                 f"Backfill stopped: {exc}. The checkpoint is kept; run the command again to "
@@ -309,6 +337,52 @@ class Command(CheckedCommand):
                     "arriving behind it); run the command again to resume."
                 )
             )
+
+    def interrupted(
+        self,
+        run: BackfillRun | None,
+        definition: BackfillDefinition,
+        options,
+        *,
+        using: str,
+    ) -> "Interrupted":
+        """Ctrl-C: mark the run interrupted at once; say where it stopped and how to resume."""
+        again = self.resume_command(definition, options)
+        if run is None:
+            return Interrupted(f"stopped before the run started; nothing was filled. Run: {again}")
+        try:
+            run = interrupt(
+                run, using=using, actor=process_name("command"), origin=BackfillRun.Origin.COMMAND
+            )
+            left = pending_rows(definition, using=using).count()
+        except DatabaseError as exc:
+            return Interrupted(
+                f"run #{run.pk} stopped, every committed batch checkpointed, but its status "
+                f"could not be recorded ({exc}).\nResume: {again}"
+            )
+        plain = self.resume_command(definition, {"database": options["database"]})
+        if run.status == BackfillRun.Status.INTERRUPTED:
+            then = f"Resume: {again}"
+        elif run.status == BackfillRun.Status.PAUSED:
+            then = f"It stays paused. Resume: {plain} --resume, then {again}"
+        else:
+            then = f"It is {run.status_label}: {plain} --status"
+        return Interrupted(
+            f"run #{run.pk} stopped {stopped_at(run, using=using)}, with {run.rows_done:,} "
+            f"rows done and {left:,} left.\n{then}"
+        )
+
+    def resume_command(self, definition: BackfillDefinition, options) -> str:
+        """This command line again, with the options of ``options`` that a resumed run uses
+        (its batches, timeouts and workers; not --restart, --max-batches or --dry-run)."""
+        command = type(self).__module__.rpartition(".")[2]
+        parser = self.create_parser("manage.py", command)
+        words = ["manage.py", command] + ([] if self.backfill_name else [definition.name])
+        for option in RESUMED_OPTIONS:
+            value = options.get(option)
+            if value is not None and str(value) != str(parser.get_default(option)):
+                words += [f"--{option.replace('_', '-')}", str(value)]
+        return shlex.join(words)
 
     def parse_policy(self, options) -> BatchPolicy:
         """Check every numeric option; nothing is read or written before this passes."""
@@ -470,6 +544,14 @@ class Command(CheckedCommand):
             self.stdout.write(f"{definition.name:<28} {column:<28} {pending:>14}  {open_run}")
             if definition.description:
                 self.stdout.write(f"{'':2}{definition.description}")
+
+
+class Interrupted(CommandError):
+    """The operator stopped the command (Ctrl-C): exit code 130, as a shell's for SIGINT. The
+    command line prints it as "Interrupted: ...", with no traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, returncode=130)
 
 
 def value_labels(definition: BackfillDefinition, counts: dict, *, using: str) -> dict:

@@ -8,6 +8,9 @@ is retried after an exponential backoff a bounded number of times, logging the s
 locks each time; then the command fails with them and what to do. Settings: MIGRATION_*.
 """
 
+from argparse import Action
+from typing import Any
+
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 from django.core.management.commands.migrate import Command as DjangoMigrateCommand
@@ -35,6 +38,47 @@ TIMEOUT_OPTIONS = (
     "lock_timeout_retry_max_wait_in_ms",
     "retry_callback_path",
 )
+# The library's options whose default this project sets, with the setting that holds it and
+# what the option does: the one source of both the default and the help's "(default: ...)".
+# (The library's own help states its defaults, 0 retries and a 3 s wait, not ours.)
+PROJECT_DEFAULTS = {
+    "lock_timeout_in_ms": ("MIGRATION_LOCK_TIMEOUT_MS", "lock_timeout of each migration, in ms"),
+    "statement_timeout_in_ms": (
+        "MIGRATION_STATEMENT_TIMEOUT_MS",
+        "statement_timeout of each migration, in ms",
+    ),
+    "lock_timeout_max_retries": (
+        "MIGRATION_LOCK_RETRIES",
+        "Retries of a migration after a lock timeout, with exponential backoff; 0 fails at once",
+    ),
+    "lock_timeout_retry_min_wait_in_ms": (
+        "MIGRATION_RETRY_MIN_WAIT_MS",
+        "Shortest wait before a retry, in ms",
+    ),
+    "lock_timeout_retry_max_wait_in_ms": (
+        "MIGRATION_RETRY_MAX_WAIT_MS",
+        "Longest wait before a retry, in ms",
+    ),
+}
+
+
+class ProjectDefaults:
+    """The command's parser, as the library's ``add_arguments`` sees it: an option of
+    :data:`PROJECT_DEFAULTS` is added with the setting's value as its default and a help that
+    says so; everything else goes through unchanged."""
+
+    def __init__(self, parser: CommandParser) -> None:
+        self.parser = parser
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Action:
+        if kwargs.get("dest") in PROJECT_DEFAULTS:
+            setting, what = PROJECT_DEFAULTS[kwargs["dest"]]
+            kwargs["default"] = getattr(settings, setting)
+            kwargs["help"] = f"{what} (default: {setting}, {kwargs['default']:,})."
+        return self.parser.add_argument(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
 
 
 class Command(MigrateWithTimeoutsCommand):
@@ -45,15 +89,8 @@ class Command(MigrateWithTimeoutsCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        super().add_arguments(parser)
-        parser.set_defaults(
-            lock_timeout_in_ms=settings.MIGRATION_LOCK_TIMEOUT_MS,
-            statement_timeout_in_ms=settings.MIGRATION_STATEMENT_TIMEOUT_MS,
-            lock_timeout_max_retries=settings.MIGRATION_LOCK_RETRIES,
-            lock_timeout_retry_min_wait_in_ms=settings.MIGRATION_RETRY_MIN_WAIT_MS,
-            lock_timeout_retry_max_wait_in_ms=settings.MIGRATION_RETRY_MAX_WAIT_MS,
-            retry_callback_path="migration_safety.blockers.log_lock_timeout",
-        )
+        super().add_arguments(ProjectDefaults(parser))
+        parser.set_defaults(retry_callback_path="migration_safety.blockers.log_lock_timeout")
 
     def handle(self, *args, **options) -> None:
         database = known_database(options["database"])

@@ -26,7 +26,7 @@ class Command(CheckedCommand):
         labels = dict(Task.Status.choices)
         self.stdout.write(self.style.MIGRATE_HEADING("Tasks by status"))
         for status, count in counts.items():
-            self.stdout.write(f"  {labels[status]:<12} {count:>10,}")
+            self.stdout.write(f"  {labels.get(status, status):<12} {count:>10,}")
         self.stdout.write(f"  {'Total':<12} {sum(counts.values()):>10,}")
         if column_state(Task, "priority", using=using) != "missing":
             labels = {**dict(Priority.choices), None: "Not set yet"}
