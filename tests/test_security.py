@@ -3,12 +3,23 @@ tried through the admin with the POST a user could craft (an attempt to escalate
 nothing), as the demo's alice (Admin and Operators), bob (Manager) and carol (Member)."""
 
 import json
+import os
+import re
+import subprocess
+import sys
+import uuid
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
+from django.db import connection
 from django.urls import reverse
+
+from backfills.models import BackfillRun
+from tasks.models import Category, Task
+from tests.helpers import create_legacy_tasks
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -354,3 +365,73 @@ def test_only_admins_add_or_change_users_and_operators_only_steer_backfills():
     assert roles["Operators"] == {"backfills.view_backfillrun", "backfills.control_backfillrun"}
     others = set().union(*(perms for name, perms in roles.items() if name != "Operators"))
     assert not {p for p in others if p.startswith("backfills.")}
+
+
+# Database privileges (docs/zero-downtime.md, "Database privileges")
+
+
+def runbook_grants(role_name: str) -> list[str]:
+    """The runbook's GRANT statements for the backfill's role, for role ``role_name``."""
+    runbook = (settings.BASE_DIR / "docs" / "zero-downtime.md").read_text()
+    block = re.search(r"```sql\n(-- the backfill's role.*?)```", runbook, re.DOTALL).group(1)
+    sql = "\n".join(line for line in block.splitlines() if not line.startswith("--"))
+    return [
+        statement.strip().replace("taskproj_backfill", role_name)
+        for statement in sql.split(";")
+        if statement.strip()
+    ]
+
+
+@pytest.mark.postgres
+def test_the_backfill_runs_as_a_role_with_only_the_runbooks_grants(workspace_expand_step):
+    # given: tasks written before the workspace column, and a role with exactly those grants
+    categories = list(Category.objects.order_by("slug"))
+    create_legacy_tasks([Task(title=f"t{n}", category=categories[n % 7]) for n in range(300)])
+    role_name = f"taskproj_backfill_{uuid.uuid4().hex[:12]}"
+    db = connection.settings_dict
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE ROLE {role_name} LOGIN"
+        )  # a cluster's roles are shared: dropped below
+        cursor.execute("SELECT pg_backend_pid()")
+        our_pid = cursor.fetchone()[0]
+    try:
+        with connection.cursor() as cursor:
+            for statement in runbook_grants(role_name):
+                cursor.execute(statement)
+
+        # when: the command, in its own process, connected as that role (two workers: the
+        # lanes' table too)
+        url = f"postgres://{role_name}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "manage.py",
+                "backfill",
+                "tasks.task.workspace",
+                "--workers",
+                "2",
+                "--no-progress",
+            ],
+            cwd=settings.BASE_DIR,
+            env={**os.environ, "DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+        )
+        # and what its health signals read: other roles' sessions (ours) in pg_stat_*
+        with psycopg.connect(
+            host=db["HOST"], port=db["PORT"], user=role_name, dbname=db["NAME"]
+        ) as conn:
+            seen = conn.execute(
+                "SELECT state FROM pg_stat_activity WHERE pid = %s", [our_pid]
+            ).fetchone()[0]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP OWNED BY {role_name}")
+            cursor.execute(f"DROP ROLE {role_name}")
+
+    # then
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not Task.objects.filter(workspace__isnull=True).exists()
+    assert BackfillRun.objects.get(name="tasks.task.workspace").status == "succeeded"
+    assert seen is not None  # hidden without pg_read_all_stats
