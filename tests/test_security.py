@@ -395,29 +395,27 @@ def test_the_backfill_runs_as_a_role_with_only_the_runbooks_grants(workspace_exp
         )  # a cluster's roles are shared: dropped below
         cursor.execute("SELECT pg_backend_pid()")
         our_pid = cursor.fetchone()[0]
-    try:
-        with connection.cursor() as cursor:
-            for statement in runbook_grants(role_name):
-                cursor.execute(statement)
+    url = f"postgres://{role_name}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    # (two workers: the lanes' table is used too)
+    command = [sys.executable, "manage.py", "backfill", "tasks.task.workspace", "--workers", "2"]
 
-        # when: the command, in its own process, connected as that role (two workers: the
-        # lanes' table too)
-        url = f"postgres://{role_name}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "manage.py",
-                "backfill",
-                "tasks.task.workspace",
-                "--workers",
-                "2",
-                "--no-progress",
-            ],
+    def backfill_as_role() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*command, "--no-progress"],
             cwd=settings.BASE_DIR,
             env={**os.environ, "DATABASE_URL": url},
             capture_output=True,
             text=True,
         )
+
+    try:
+        without_grants = backfill_as_role()
+        with connection.cursor() as cursor:
+            for statement in runbook_grants(role_name):
+                cursor.execute(statement)
+
+        # when: the command, in its own process, connected as that role
+        result = backfill_as_role()
         # and what its health signals read: other roles' sessions (ours) in pg_stat_*
         with psycopg.connect(
             host=db["HOST"], port=db["PORT"], user=role_name, dbname=db["NAME"]
@@ -430,7 +428,11 @@ def test_the_backfill_runs_as_a_role_with_only_the_runbooks_grants(workspace_exp
             cursor.execute(f"DROP OWNED BY {role_name}")
             cursor.execute(f"DROP ROLE {role_name}")
 
-    # then
+    # then: without the grants it says what is missing, with them it fills every row
+    assert without_grants.returncode == 1
+    assert "Traceback" not in without_grants.stderr
+    assert "permission denied for table tasks_task" in without_grants.stderr
+    assert '"Database privileges"' in without_grants.stderr
     assert result.returncode == 0, result.stdout + result.stderr
     assert not Task.objects.filter(workspace__isnull=True).exists()
     assert BackfillRun.objects.get(name="tasks.task.workspace").status == "succeeded"
