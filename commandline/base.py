@@ -6,9 +6,12 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections, models
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models
 from django.utils import timezone
 from tqdm import tqdm
+
+# PostgreSQL's SQLSTATE for "permission denied" (Appendix A of its manual).
+INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def known_database(alias: str) -> str:
@@ -34,7 +37,15 @@ class CheckedCommand(BaseCommand):
         # The raw stream behind self.stderr (a terminal, or what call_command was given): the
         # progress bar writes to it directly, not through OutputWrapper's line endings.
         self.progress_stream = options.get("stderr") or sys.stderr
-        return super().execute(*args, **options)
+        try:
+            return super().execute(*args, **options)
+        except DatabaseError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                raise
+            raise CommandError(
+                f"{exc}: the database role this command connects as lacks a privilege it needs. "
+                'Grant it (docs/zero-downtime.md, "Database privileges", lists each process\'s).'
+            ) from exc
 
     def add_database_argument(self, parser: CommandParser) -> None:
         """Add ``--database``, checked by :meth:`database_alias`."""

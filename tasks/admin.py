@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 
+from tasks import users_admin  # noqa: F401 (the User and Group admins, in place of the stock ones)
 from tasks.models import Category, Task, Workspace
 from tasks.pagination import EstimatedCountPaginator
 from tasks.priority import Priority, priority_rank

@@ -71,16 +71,23 @@ def test_refuses_to_start_with_debug_off_and_the_development_secret_key():
     assert "SECRET_KEY" in result.stderr
 
 
-def test_check_deploy_passes_with_production_like_variables():
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"SECURE_PROXY_SSL_HEADER": "true", "CSRF_TRUSTED_ORIGINS": "https://tasks.example.com"}],
+    ids=["tls-at-the-app", "behind-a-tls-proxy"],
+)
+def test_check_deploy_passes_with_production_like_variables(extra):
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
-        env={**os.environ, **PRODUCTION_ENV},
+        env={**os.environ, **PRODUCTION_ENV, **extra},
         capture_output=True,
         text=True,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+    # Clean, not quiet: no warning silenced by SILENCED_SYSTEM_CHECKS either.
+    assert "System check identified no issues (0 silenced)." in result.stdout
 
 
 @pytest.mark.parametrize(
