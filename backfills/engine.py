@@ -33,6 +33,13 @@ FIRST_PENDING_PROBE = 1_000
 # (statement_timeout), deadlock_detected, serialization_failure.
 # https://www.postgresql.org/docs/current/errcodes-appendix.html
 RETRYABLE_SQLSTATES = frozenset({"55P03", "57014", "40P01", "40001"})
+# A batch's transaction that sits idle this long between its statements is ended by the server
+# (idle_in_transaction_session_timeout), releasing its row locks: its process was stopped
+# (SIGSTOP, a paused VM, a long GC pause) in the middle of the batch. The gaps between a
+# batch's statements take well under a millisecond of Python; an application write queued on
+# the batch's rows waits at most this long, plus what is left of the statement running when the
+# process stopped (bounded by statement_timeout).
+IDLE_IN_BATCH_TIMEOUT_MS = 2_000
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,8 @@ class Checkpoint(Protocol):
     ``record_batch`` runs inside the batch's transaction (and may raise :class:`LeaseLost` to
     roll it back). ``control`` is read before every batch: "run", "pause", "cancel", or "stop"
     (return without recording anything: another lane of a parallel run failed, or the run's
-    batch budget is spent).
+    batch budget is spent). ``reload`` reads ``last_key`` back from where it is kept, after a
+    batch lost its connection: whether that batch committed is known only there.
     """
 
     last_key: Any
@@ -240,6 +248,8 @@ class Checkpoint(Protocol):
     def control(self) -> str: ...
 
     def heartbeat(self) -> None: ...
+
+    def reload(self) -> None: ...
 
 
 class HealthCheck(Protocol):
@@ -279,6 +289,11 @@ def run_backfill(
     and stays open. Without ``settle`` the walk is done at its end, and the caller looks for
     such rows (the lanes of a parallel run: one look after all of them, rather than one scan
     per lane).
+
+    A batch whose connection is lost (the server ended a session stopped in the middle of a
+    batch: :data:`IDLE_IN_BATCH_TIMEOUT_MS`; a terminated backend) is retried like a timeout, on
+    a new connection, from the checkpoint as the database has it: the batch was rolled back with
+    its checkpoint, or (lost during its commit) committed with it, never applied twice.
 
     Raises :class:`BackfillFailed` when a batch still fails after ``policy.max_retries``
     retries, after recording the error on the checkpoint; :class:`LeaseLost` when another
@@ -340,13 +355,15 @@ def run_backfill(
         batch_size = sizer.size
         while True:
             attempt += 1
+            session = session_of(using)
             try:
                 outcome = _run_batch(
                     backfill, policy, checkpoint, batch_size=batch_size, using=using, health=health
                 )
                 break
             except DatabaseError as error:
-                if not is_retryable(error) or attempt > policy.max_retries:
+                lost = connections[using].connection is not session
+                if not (lost or is_retryable(error)) or attempt > policy.max_retries:
                     message = (
                         f"batch after key {checkpoint.last_key!r} failed "
                         f"(attempt {attempt} of {policy.max_retries + 1}): {error}".strip()
@@ -354,6 +371,9 @@ def run_backfill(
                     _record_failure(checkpoint, message)
                     raise BackfillFailed(message) from error
                 batch_size = sizer.shrink()
+                if lost:
+                    # On a new connection: a taker's generation shows here (LeaseLost).
+                    checkpoint.reload()
                 wait(policy.backoff(attempt))
         if outcome is None:
             first = (
@@ -410,8 +430,34 @@ def is_retryable(error: DatabaseError) -> bool:
     return "database is locked" in str(error)
 
 
+def session_of(using: str) -> Any:
+    """The database connection the next batch runs on (opened if need be).
+
+    After a batch fails, a different one means the error ended the session (the server ended
+    it: an idle-in-transaction timeout, a terminated backend): Django drops a connection whose
+    rollback fails, and opens a new one as the transaction ends.
+    """
+    connection = connections[using]
+    connection.ensure_connection()
+    return connection.connection
+
+
+def bound_idle_time(using: str) -> None:
+    """Let the server end this transaction if its process stops in the middle of it
+    (:data:`IDLE_IN_BATCH_TIMEOUT_MS`; PostgreSQL only). Local to the transaction, as every
+    setting of a batch is: nothing outlives it on a pooled connection."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+            [f"{IDLE_IN_BATCH_TIMEOUT_MS}ms"],
+        )
+
+
 def _configure_batch(policy: BatchPolicy, using: str) -> None:
-    """Bound this transaction's lock waits and statement time (PostgreSQL only).
+    """Bound this transaction's lock waits, statement time and idle time (PostgreSQL only).
 
     Also turns off synchronous_commit for the batch: the batch and its checkpoint commit
     together, so a crash can only lose both at once and the run resumes before them; the
@@ -425,8 +471,13 @@ def _configure_batch(policy: BatchPolicy, using: str) -> None:
         cursor.execute(
             "SELECT set_config('lock_timeout', %s, true), "
             "set_config('statement_timeout', %s, true), "
+            "set_config('idle_in_transaction_session_timeout', %s, true), "
             "set_config('synchronous_commit', 'off', true)",
-            [f"{policy.lock_timeout_ms}ms", f"{policy.statement_timeout_ms}ms"],
+            [
+                f"{policy.lock_timeout_ms}ms",
+                f"{policy.statement_timeout_ms}ms",
+                f"{IDLE_IN_BATCH_TIMEOUT_MS}ms",
+            ],
         )
 
 

@@ -7,19 +7,22 @@ process that lost the run (its lease expired and another took over) has its batc
 rolled back instead of applied twice. An expired lease on a running run shows it as stalled.
 Every takeover, throttle and outcome is an event in the run's history.
 
-On PostgreSQL a session advisory lock per backfill (:func:`exclusive_run`) is held by every
-process working on a run: getting it proves that no live session works on it.
+The lease is the only proof of life, on every database: a process that died, and one that is
+stopped (SIGSTOP, a paused VM) but keeps its connection, look the same from outside, and both
+are taken over once their lease has expired. Nothing is held in the session between
+transactions (no session advisory lock), so this works the same behind a transaction pooler.
+A stopped process that wakes after a takeover finds its batch ended by the server (see
+:data:`~backfills.engine.IDLE_IN_BATCH_TIMEOUT_MS`) and loses on its next checkpoint write.
 """
 
 import datetime
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from django.db import connections, models, transaction
+from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -32,6 +35,7 @@ from backfills.engine import (
     HealthCheck,
     LeaseLost,
     RunCancelled,
+    bound_idle_time,
     run_backfill,
 )
 from backfills.lanes import plan_lanes, run_lanes
@@ -42,41 +46,12 @@ from backfills.ledger import (
     record_event,
     success_fields,
 )
-from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent
+from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent, lease_is_live
 
 Status = BackfillRun.Status
 Kind = BackfillRunEvent.Kind
 # The smoothed rows/s gives this weight to the newest window of batches (RateMeter).
 RATE_SMOOTHING = 0.2
-
-
-@contextmanager
-def exclusive_run(name: str, *, using: str) -> Iterator[bool]:
-    """Hold a PostgreSQL advisory lock on backfill ``name`` for as long as the block runs.
-
-    Two processes working on the same run would fight over row locks and over the checkpoint
-    (moving ``last_key`` backwards); the second one is refused instead. The lock belongs to the
-    session, so a killed process releases it with its connection. Yields True when the lock
-    proves that no other live session is working on the backfill (PostgreSQL), False where
-    there is no such lock (SQLite: its run leases must expire instead).
-    """
-    connection = connections[using]
-    if connection.vendor != "postgresql":
-        yield False
-        return
-    key = f"backfills.run:{name}"
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
-        if not cursor.fetchone()[0]:
-            raise BackfillBusy(
-                f"another process is running backfill {name!r} on database {using!r}; "
-                "wait for it to finish or stop it, then run again"
-            )
-    try:
-        yield True
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
 
 
 class RateMeter:
@@ -141,9 +116,7 @@ class LeasedCheckpoint(RunCheckpoint):
 
     def _rows(self) -> "models.QuerySet[BackfillRun]":
         """The run's row, while this process still holds the generation it claimed."""
-        return BackfillRun.objects.using(self.using).filter(
-            pk=self.run.pk, generation=self.generation
-        )
+        return super()._rows().filter(generation=self.generation)
 
     def _write(self, rows: "models.QuerySet[BackfillRun]", values: dict[str, Any]) -> int:
         now = timezone.now()
@@ -156,12 +129,7 @@ class LeasedCheckpoint(RunCheckpoint):
 
     def _lost(self) -> LeaseLost:
         """Why this process no longer holds the run: cancelled, or taken over."""
-        status = (
-            BackfillRun.objects.using(self.using)
-            .filter(pk=self.run.pk)
-            .values_list("status", flat=True)
-            .first()
-        )
+        status = RunCheckpoint._rows(self).values_list("status", flat=True).first()
         if status == Status.CANCELLED:
             return RunCancelled(f"run #{self.run.pk} was cancelled")
         return LeaseLost(
@@ -177,6 +145,7 @@ class LeasedCheckpoint(RunCheckpoint):
             actor=self.owner,
             origin=self.origin,
             message=message,
+            event_model=event_model_of(self.run),
         )
 
     def record_batch(self, *, last_key: Any, rows: int, batch_size: int) -> None:
@@ -217,12 +186,7 @@ class LeasedCheckpoint(RunCheckpoint):
         if self.running_at_checkpoint:
             self.running_at_checkpoint = False
             return "run"
-        row = (
-            BackfillRun.objects.using(self.using)
-            .filter(pk=self.run.pk)
-            .values_list("status", "generation")
-            .first()
-        )
+        row = RunCheckpoint._rows(self).values_list("status", "generation").first()
         if row is None or row[1] != self.generation:
             raise self._lost()
         return CONTROL_BY_STATUS.get(row[0], "run")
@@ -230,11 +194,18 @@ class LeasedCheckpoint(RunCheckpoint):
     def heartbeat(self) -> None:
         self._update()
 
+    def reload(self) -> None:
+        """Read ``last_key`` back from the run's row; LeaseLost if another process has the run
+        now (this one was stopped for longer than its lease)."""
+        self.running_at_checkpoint = False
+        row = self._rows().values_list("last_key").first()
+        if row is None:
+            raise self._lost()
+        self.last_key = row[0]
+
     def release(self) -> None:
         """Give the lease up (if still ours), so another process can start at once."""
-        BackfillRun.objects.using(self.using).filter(
-            pk=self.run.pk, generation=self.generation
-        ).update(lease_owner="", lease_expires_at=None)
+        self._rows().update(lease_owner="", lease_expires_at=None)
 
 
 class LaneCheckpoint(LeasedCheckpoint):
@@ -278,6 +249,13 @@ class LaneCheckpoint(LeasedCheckpoint):
         self._update_lane(last_key=last_key)
         self.last_key = last_key
 
+    def reload(self) -> None:
+        """Read the lane's ``last_key`` back; LeaseLost if the run is another process's now."""
+        if not self._rows().exists():
+            raise self._lost()
+        lane = BackfillLane.objects.using(self.using).get(pk=self.lane.pk)
+        self.last_key = lane.after_key if lane.last_key is None else lane.last_key
+
     def record_success(self) -> None:
         self._update_lane(finished=True)
 
@@ -286,27 +264,25 @@ class LaneCheckpoint(LeasedCheckpoint):
 
 
 def claim(
-    run: BackfillRun,
+    run: models.Model,
     *,
     owner: str,
     origin: str,
     using: str,
     lease_seconds: float,
-    holder_gone: bool = False,
 ) -> LeasedCheckpoint | None:
     """Take the run's lease if it is free or has expired; None if another process holds it.
 
-    ``holder_gone``: the caller knows that whoever holds the lease is dead (on PostgreSQL the
-    advisory lock of :func:`exclusive_run` is held by every process working on
-    a run, so getting it proves the lease holder's session is gone), so there is no need to
-    wait for the lease to expire. A pending, failed or running run becomes running; a paused or
-    cancelling one keeps its status (the process then waits, or finishes the cancel). Taking
-    over a lease someone else held is recorded.
+    ``run`` is a BackfillRun, or a migration's historical one. A pending, failed or running run
+    becomes running; a paused or cancelling one keeps its status (the process then waits, or
+    finishes the cancel). Taking over a lease someone else held is recorded.
     """
+    runs = type(run)._default_manager.using(using)
     now = timezone.now()
     with transaction.atomic(using=using):
-        current = BackfillRun.objects.using(using).select_for_update().get(pk=run.pk)
-        if current.lease_is_live and current.lease_owner != owner and not holder_gone:
+        bound_idle_time(using)  # the run's row stays locked until this commits
+        current = runs.select_for_update().get(pk=run.pk)
+        if lease_is_live(current) and current.lease_owner != owner:
             return None
         took_over = bool(current.lease_owner) and current.lease_owner != owner
         status = (
@@ -315,7 +291,7 @@ def claim(
             else current.status
         )
         generation = current.generation + 1
-        BackfillRun.objects.using(using).filter(pk=run.pk).update(
+        runs.filter(pk=run.pk).update(
             status=status,
             lease_owner=owner[:200],
             lease_expires_at=now + datetime.timedelta(seconds=lease_seconds),
@@ -328,7 +304,15 @@ def claim(
             silent = (now - current.heartbeat_at).total_seconds() if current.heartbeat_at else 0
             kind = Kind.TAKEN_OVER
             message = f"from {current.lease_owner}, silent for {silent:.0f} s"
-        record_event(current, kind, using=using, actor=owner, origin=origin, message=message)
+        record_event(
+            current,
+            kind,
+            using=using,
+            actor=owner,
+            origin=origin,
+            message=message,
+            event_model=event_model_of(run),
+        )
     run.refresh_from_db(using=using)
     return LeasedCheckpoint(
         run,
@@ -337,6 +321,21 @@ def claim(
         origin=origin,
         generation=generation,
         lease_seconds=lease_seconds,
+    )
+
+
+def event_model_of(run: models.Model) -> type[models.Model]:
+    """The history model beside ``run``'s model (a migration's historical one for its run)."""
+    return type(run)._meta.apps.get_model("backfills", "BackfillRunEvent")
+
+
+def refuse_busy(run: models.Model) -> BackfillBusy:
+    """The error for a run another process holds: who, until when (UTC), and what to do."""
+    until = f"{run.lease_expires_at:%H:%M:%S}" if run.lease_expires_at else "now"
+    return BackfillBusy(
+        f"run #{run.pk} is being processed by {run.lease_owner or 'another process'} (lease "
+        f"until {until}); pause or cancel it there, or, if that process is gone, run again "
+        "once its lease has expired"
     )
 
 
@@ -363,44 +362,30 @@ def process_run(
     (:func:`walk_lanes`). Raises :class:`~backfills.engine.BackfillBusy` if another process
     holds the run.
     """
-    with exclusive_run(run.name, using=using) as exclusive:
-        checkpoint = claim(
-            run,
-            owner=owner,
-            origin=origin,
-            using=using,
-            lease_seconds=lease_seconds,
-            holder_gone=exclusive,
-        )
-        if checkpoint is None:
-            run.refresh_from_db(using=using)
-            until = f"{run.lease_expires_at:%H:%M:%S}" if run.lease_expires_at else "now"
-            raise BackfillBusy(
-                f"run #{run.pk} is being processed by {run.lease_owner or 'another process'} "
-                f"(lease until {until})"
-            )
-        total = BackfillResult()
-        started = time.monotonic()
-        try:
-            parallel = workers > 1 or BackfillLane.objects.using(using).filter(run=run).exists()
-            while True:
-                budget = _remaining(
-                    policy, batches=total.batches, seconds=time.monotonic() - started
-                )
-                steps = {"using": using, "on_batch": on_batch, "sleep": sleep, "health": health}
-                if parallel:
-                    result = walk_lanes(checkpoint, backfill, budget, workers=workers, **steps)
-                else:
-                    result = run_backfill(backfill, budget, checkpoint, **steps)
-                total = total.then(result)
-                if result.stopped != "paused" or not wait_while_paused:
-                    break
-                if _wait_for_resume(checkpoint, sleep) == "cancel":
-                    checkpoint.record_cancelled()
-                    total.stopped = "cancelled"
-                    break
-        finally:
-            checkpoint.release()
+    checkpoint = claim(run, owner=owner, origin=origin, using=using, lease_seconds=lease_seconds)
+    if checkpoint is None:
+        run.refresh_from_db(using=using)
+        raise refuse_busy(run)
+    total = BackfillResult()
+    started = time.monotonic()
+    try:
+        parallel = workers > 1 or BackfillLane.objects.using(using).filter(run=run).exists()
+        while True:
+            budget = _remaining(policy, batches=total.batches, seconds=time.monotonic() - started)
+            steps = {"using": using, "on_batch": on_batch, "sleep": sleep, "health": health}
+            if parallel:
+                result = walk_lanes(checkpoint, backfill, budget, workers=workers, **steps)
+            else:
+                result = run_backfill(backfill, budget, checkpoint, **steps)
+            total = total.then(result)
+            if result.stopped != "paused" or not wait_while_paused:
+                break
+            if _wait_for_resume(checkpoint, sleep) == "cancel":
+                checkpoint.record_cancelled()
+                total.stopped = "cancelled"
+                break
+    finally:
+        checkpoint.release()
     return total
 
 

@@ -165,6 +165,11 @@ class RunCheckpoint:
     def heartbeat(self) -> None:
         self._update()
 
+    def reload(self) -> None:
+        """Read ``last_key`` back from the run's row (after a batch lost its connection)."""
+        self.running_at_checkpoint = False
+        self.last_key = self._rows().values_list("last_key", flat=True).get()
+
 
 def record_event(
     run: models.Model,

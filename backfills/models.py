@@ -11,6 +11,16 @@ from django.utils import timezone
 OPEN_STATUSES = ("pending", "running", "paused", "cancelling", "failed", "interrupted")
 
 
+def lease_is_live(run: models.Model) -> bool:
+    """A process holds ``run`` (a BackfillRun, or a migration's historical one, which has no
+    properties) and has renewed its lease in time."""
+    return bool(
+        run.lease_owner
+        and run.lease_expires_at is not None
+        and run.lease_expires_at > timezone.now()
+    )
+
+
 class BackfillRun(models.Model):
     """One run of a registered backfill: its checkpoint, its progress and who may work on it.
 
@@ -103,11 +113,7 @@ class BackfillRun(models.Model):
     @property
     def lease_is_live(self) -> bool:
         """A process holds the run and has renewed its lease in time."""
-        return bool(
-            self.lease_owner
-            and self.lease_expires_at is not None
-            and self.lease_expires_at > timezone.now()
-        )
+        return lease_is_live(self)
 
     @property
     def silent_for_a_lease(self) -> bool:

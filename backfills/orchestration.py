@@ -19,7 +19,6 @@ from django.utils import timezone
 from backfills.controls import CONTROLS, RunStateError
 from backfills.engine import (
     Backfill,
-    BackfillBusy,
     BackfillResult,
     BatchPolicy,
     BatchReport,
@@ -35,9 +34,9 @@ from backfills.inspection import (
     preview,
 )
 from backfills.lanes import check_workers
-from backfills.leases import exclusive_run, process_run
-from backfills.ledger import RunCheckpoint, find_open_run, open_run, process_name, record_event
-from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent
+from backfills.leases import claim, process_run, refuse_busy
+from backfills.ledger import find_open_run, open_run, process_name, record_event
+from backfills.models import BackfillLane, BackfillRun, BackfillRunEvent, lease_is_live
 from backfills.registry import BackfillDefinition
 from backfills.workers import enqueue_slice
 
@@ -142,49 +141,44 @@ def fill(
     """
     model = definition.model_class()
     check_workers(workers, using=using, model=model, key=definition.key)
-    # Held across the checks, so that a refused start writes nothing.
-    with exclusive_run(definition.name, using=using) as exclusive:
-        pending = pending_rows(definition, using=using).exists()
-        current = find_open_run(BackfillRun, name=definition.name, using=using)
-        if current is not None and current.status == Status.PAUSED and not restart:
-            raise RunStateError(
-                f"Run #{current.pk} is paused. Resume it (manage.py backfill {definition.name} "
-                f"--resume --database {using}) or start over with --restart."
-            )
-        if current is not None and current.lease_is_live and not exclusive:
-            raise BackfillBusy(
-                f"run #{current.pk} is being processed by {current.lease_owner} (lease until "
-                f"{current.lease_expires_at:%H:%M:%S}); pause or cancel it there, or wait"
-            )
-        if not pending and current is None:
-            return None, BackfillResult(stopped="finished")
-        opened = _open(
-            definition,
-            using=using,
-            restart=restart,
-            origin=origin,
-            started_by=started_by,
-            batch_size=policy.batch_size,
-            workers=workers,
+    pending = pending_rows(definition, using=using).exists()
+    current = find_open_run(BackfillRun, name=definition.name, using=using)
+    if current is not None and current.status == Status.PAUSED and not restart:
+        raise RunStateError(
+            f"Run #{current.pk} is paused. Resume it (manage.py backfill {definition.name} "
+            f"--resume --database {using}) or start over with --restart."
         )
-        run = opened.run
-        if on_start is not None:
-            on_start(opened)
-        result = process_run(
-            run,
-            definition.backfill(model, run.parameters),
-            policy,
-            owner=process_name(origin),
-            origin=origin,
-            using=using,
-            lease_seconds=lease_seconds or settings.BACKFILL_LEASE_SECONDS,
-            health=health,
-            on_batch=on_batch,
-            sleep=sleep,
-            workers=workers,
-        )
-        run.refresh_from_db(using=using)
-        return run, result
+    if current is not None and current.lease_is_live:
+        raise refuse_busy(current)  # before anything is written
+    if not pending and current is None:
+        return None, BackfillResult(stopped="finished")
+    opened = _open(
+        definition,
+        using=using,
+        restart=restart,
+        origin=origin,
+        started_by=started_by,
+        batch_size=policy.batch_size,
+        workers=workers,
+    )
+    run = opened.run
+    if on_start is not None:
+        on_start(opened)
+    result = process_run(
+        run,
+        definition.backfill(model, run.parameters),
+        policy,
+        owner=process_name(origin),
+        origin=origin,
+        using=using,
+        lease_seconds=lease_seconds or settings.BACKFILL_LEASE_SECONDS,
+        health=health,
+        on_batch=on_batch,
+        sleep=sleep,
+        workers=workers,
+    )
+    run.refresh_from_db(using=using)
+    return run, result
 
 
 def start_on_workers(
@@ -372,42 +366,55 @@ def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> 
     kept arriving).
 
     Carries on the backfill's open run (with its parameters), or starts one, in the same ledger
-    as the command and the workers; a plain checkpoint, without a lease: on PostgreSQL the
-    advisory lock keeps it to one process at a time (on SQLite, where there is none, do not run
-    a backfill and the migration at once). Nothing pending and no run open: a quick no-op.
-    Raises :class:`~backfills.engine.BackfillBusy` while another process works on the run.
+    as the command and the workers, under the run's lease like them, so that one process at a
+    time works on it. Nothing pending and no run open: a quick no-op.
+    Raises :class:`~backfills.engine.BackfillBusy` while another process holds the run.
     """
     model = definition.model_class(apps)
     run_model = apps.get_model("backfills", "BackfillRun")
     event_model = apps.get_model("backfills", "BackfillRunEvent")
-    with exclusive_run(definition.name, using=using):
-        pending = definition.pending_rows(model, using=using).exists()
-        current = find_open_run(run_model, name=definition.name, using=using)
-        if not pending and current is None:
-            return BackfillResult(stopped="finished")
-        if current is not None and current.status in (Status.PAUSED, Status.CANCELLING):
-            # The schema change needs every row filled: the migration carries on a run an
-            # operator paused or is cancelling, and says so in its history.
-            record_event(
-                current,
-                "resumed",
-                using=using,
-                actor=process_name("migrate"),
-                origin=BackfillRun.Origin.MIGRATION,
-                message=f"was {current.status}; a migration finishes the backfill",
-                event_model=event_model,
-            )
-        run, _ = open_run(
-            run_model,
-            name=definition.name,
+    pending = definition.pending_rows(model, using=using).exists()
+    current = find_open_run(run_model, name=definition.name, using=using)
+    if not pending and current is None:
+        return BackfillResult(stopped="finished")
+    if current is not None and lease_is_live(current):
+        raise refuse_busy(current)
+    if current is not None and current.status in (Status.PAUSED, Status.CANCELLING):
+        # The schema change needs every row filled: the migration carries on a run an
+        # operator paused or is cancelling, and says so in its history.
+        record_event(
+            current,
+            "resumed",
             using=using,
-            parameters=lambda: definition.new_parameters(model, using=using),
+            actor=process_name("migrate"),
             origin=BackfillRun.Origin.MIGRATION,
-            started_by=process_name("migrate"),
+            message=f"was {current.status}; a migration finishes the backfill",
+            event_model=event_model,
         )
+    run, _ = open_run(
+        run_model,
+        name=definition.name,
+        using=using,
+        parameters=lambda: definition.new_parameters(model, using=using),
+        origin=BackfillRun.Origin.MIGRATION,
+        started_by=process_name("migrate"),
+    )
+    checkpoint = claim(
+        run,
+        owner=process_name("migrate"),
+        origin=BackfillRun.Origin.MIGRATION,
+        using=using,
+        lease_seconds=settings.BACKFILL_LEASE_SECONDS,
+    )
+    if checkpoint is None:  # claimed since the check above
+        run.refresh_from_db(using=using)
+        raise refuse_busy(run)
+    try:
         return run_backfill(
             definition.backfill(model, run.parameters),
             BatchPolicy(target_batch_ms=settings.BACKFILL_TARGET_BATCH_MS or None),
-            RunCheckpoint(run, using=using),
+            checkpoint,
             using=using,
         )
+    finally:
+        checkpoint.release()

@@ -21,7 +21,8 @@ import datetime
 import logging
 import time
 
-from django.db import NotSupportedError, models
+from django.core.management.base import CommandError
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, NotSupportedError, models
 from django.db.migrations.operations import AddField, AddIndex, AlterField
 from django.db.migrations.operations.base import Operation
 from django_pg_migration_tools.operations import (
@@ -94,12 +95,14 @@ class AlterFieldSetNotNull(SaferAlterFieldSetNotNull):
         # (The library refuses to run in a transaction, where the NOT VALID check's ACCESS
         # EXCLUSIVE lock would be held through VALIDATE's scan.)
         model = to_state.apps.get_model(app_label, self.model_name)
-        column = model._meta.get_field(self.name).column
+        table, column = model._meta.db_table, model._meta.get_field(self.name).column
         try:
             with scans_without_statement_timeout(schema_editor):
                 super().database_forwards(app_label, schema_editor, from_state, to_state)
-        except Exception:
-            drop_not_null_checks(schema_editor, model._meta.db_table, column)
+        except Exception as exc:
+            if not schema_editor.collect_sql and not schema_editor.connection.is_usable():
+                raise connection_lost(schema_editor, table, column, exc) from exc
+            drop_not_null_checks(schema_editor, table, column)
             raise
         if schema_editor.collect_sql:
             note_dropped_check(schema_editor)
@@ -134,14 +137,7 @@ def drop_not_null_checks(schema_editor, table: str, column: str) -> None:
     if schema_editor.collect_sql or not connection.is_usable():
         return
     quote = schema_editor.quote_name
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c' "
-            "AND NOT convalidated AND pg_get_constraintdef(oid) = "
-            "'CHECK ((' || quote_ident(%s) || ' IS NOT NULL)) NOT VALID'",
-            [quote(table), column],
-        )
-        names = [row[0] for row in cursor.fetchall()]
+    names = not_valid_checks(schema_editor, table, column)
     for attempt in range(1, CLEANUP_ATTEMPTS + 1):
         try:
             with apply_timeouts(using=connection.alias, lock_timeout=CLEANUP_LOCK_TIMEOUT):
@@ -156,6 +152,50 @@ def drop_not_null_checks(schema_editor, table: str, column: str) -> None:
                 logger.exception("could not drop %s on %s after a failed NOT NULL", names, table)
                 return
             time.sleep(CLEANUP_LOCK_TIMEOUT.total_seconds())
+
+
+def not_valid_checks(schema_editor, table: str, column: str) -> list[str]:
+    """The NOT VALID ``CHECK (column IS NOT NULL)`` constraints on ``table``: what an
+    interrupted :class:`AlterFieldSetNotNull` leaves (found by definition, not by name)."""
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c' "
+            "AND NOT convalidated AND pg_get_constraintdef(oid) = "
+            "'CHECK ((' || quote_ident(%s) || ' IS NOT NULL)) NOT VALID'",
+            [schema_editor.quote_name(table), column],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def connection_lost(schema_editor, table: str, column: str, error: Exception) -> CommandError:
+    """The one-line answer to a connection lost half-way through a NOT NULL (while VALIDATE
+    scanned, say): what is left on the table, read on a new connection, and that rerunning
+    migrate completes it (the library picks up a NOT VALID check it finds). Nothing is dropped:
+    a check can only be dropped over a connection, and a re-run needs it."""
+    connection = schema_editor.connection
+    connection.close()
+    rerun = "rerun manage.py migrate" + (
+        "" if connection.alias == DEFAULT_DB_ALIAS else f" --database {connection.alias}"
+    )
+    try:
+        checks = not_valid_checks(schema_editor, table, column)
+    except DatabaseError:
+        state = (
+            f"the NOT VALID check on {column} may be in place; once the database is back, "
+            f"{rerun} to validate it and finish"
+        )
+    else:
+        state = (
+            f"the NOT VALID check {checks[0]} is in place (rows written from now on need a "
+            f"{column}); {rerun} to validate it and finish"
+            if checks
+            else f"no check of {column} is left; {rerun} to finish"
+        )
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CommandError(
+        f"Lost the connection to the database while making {table}.{column} NOT NULL "
+        f"({reason}): {state}. This migration is not recorded."
+    )
 
 
 def note_dropped_check(schema_editor) -> None:

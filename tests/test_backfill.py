@@ -108,18 +108,20 @@ def test_an_empty_table_has_nothing_to_do(expand_step):
 
 
 def test_only_null_rows_are_touched(expand_step):
-    # given: rows the new code already wrote, with priorities the rule would not give
-    legacy_tasks(10)
-    chosen = list(Task.objects.order_by("pk").values_list("pk", flat=True)[:4])
+    # given: rows the new code already wrote, with priorities the rule would not give, among
+    # NULL ones: after the first row to fill, so that every batch walks over some of them
+    legacy_tasks(12)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    chosen = ids[1::3]
     Task.objects.filter(pk__in=chosen).update(priority="urgent")
     Task.objects.filter(pk__in=chosen).update(status="done")  # rule would say "low"
 
     # when
     output = backfill(batch_size=3)
 
-    # then
+    # then: each batch of 3 keys filled its 2 NULL rows and left the application's value
     assert set(Task.objects.filter(pk__in=chosen).values_list("priority", flat=True)) == {"urgent"}
-    assert "Updated 6 rows" in output
+    assert "Updated 8 rows in 4 batches" in output
     assert nulls() == 0
 
 
@@ -174,10 +176,7 @@ def test_a_stopped_run_resumes_with_its_own_reference_date(expand_step):
         assert task.priority == rule.for_task(status=task.status, due_date=task.due_date)
 
 
-@pytest.mark.skipif(
-    IS_POSTGRES, reason="SQLite only: on PostgreSQL the dead session's advisory lock shows at once"
-)
-def test_on_sqlite_a_killed_run_resumes_once_its_lease_has_expired(expand_step):
+def test_a_killed_run_resumes_once_its_lease_has_expired(expand_step):
     # given: a run whose process was killed after one batch, its lease still running
     legacy_tasks(10)
     backfill(batch_size="4", max_batches="1")

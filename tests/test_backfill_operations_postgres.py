@@ -272,17 +272,23 @@ WORKER = ("db_worker", "--queue-name", "backfill", "--no-reload", "--no-startup-
 FAST_LEASES = {"BACKFILL_LEASE_SECONDS": "3", "BACKFILL_SLICE_SECONDS": "2"}
 
 
-def test_a_worker_killed_mid_batch_is_taken_over_and_no_batch_is_applied_twice(
-    expand_step, settings
-):
-    # given: a background run in batches of 200, a row lock that will hold the worker mid-batch
-    seed_legacy(4_000)
-    settings.BACKFILL_SLICE_SECONDS = 2
+def background_run_held_at_row_1100(rows: int) -> tuple[BackfillRun, psycopg.Connection]:
+    """A background run of ``rows`` legacy rows in batches of 200 for workers, and a session
+    holding a lock on the 1,101st row, which will hold a worker mid-batch."""
+    seed_legacy(rows)
     call_command("backfill_priority", background=True, stdout=StringIO())
     run = run_row()
     BackfillRun.objects.filter(pk=run.pk).update(batch_size=200)
     ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
-    blocker = hold_row_lock(ids[1_100])
+    return run, hold_row_lock(ids[1_100])
+
+
+def test_a_worker_killed_mid_batch_is_taken_over_and_no_batch_is_applied_twice(
+    expand_step, settings
+):
+    # given: a background run in batches of 200, a row lock that will hold the worker mid-batch
+    settings.BACKFILL_SLICE_SECONDS = 2
+    run, blocker = background_run_held_at_row_1100(4_000)
     first = manage(*WORKER, "--interval=0.2", env={**FAST_LEASES, "BACKFILL_TARGET_BATCH_MS": "0"})
     second = None
     try:

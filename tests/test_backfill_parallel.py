@@ -116,7 +116,7 @@ def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(
     seed_legacy(20_000)
     process = manage(
         "backfill_priority", "--workers=2", "--batch-size=250", "--target-batch-ms=0",
-        "--sleep=0.05",
+        "--sleep=0.05", env={"BACKFILL_LEASE_SECONDS": "2"},
     )  # fmt: skip
     wait_until(lambda: each_lane_has_done(process, rows=1_000), what="both lanes under way")
 
@@ -131,7 +131,8 @@ def test_a_parallel_run_killed_with_sigkill_resumes_every_lane_where_it_stopped(
     assert_lanes_match_the_data(run)
     lanes_before = list(run.lanes.values_list("pk", "after_key", "upto_key"))
 
-    # when: the command runs again
+    # when: the command runs again, once the dead process's lease has expired
+    wait_until(lambda: not BackfillRun.objects.get().lease_is_live, what="the lease to expire")
     out = backfill(workers=2, batch_size=250)
 
     # then: the same run and the same lanes carried on; every row was filled exactly once

@@ -17,6 +17,7 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from backfills.engine import BatchPolicy
+from backfills.leases import claim
 from backfills.models import BackfillRun
 from backfills.orchestration import fill
 from tasks.priority import PriorityRule
@@ -83,7 +84,7 @@ def test_a_run_killed_with_sigkill_resumes_exactly_where_it_stopped(expand_step)
             "--sleep=0.05",
         ],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url()},
+        env={**os.environ, "DATABASE_URL": database_url(), "BACKFILL_LEASE_SECONDS": "2"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -107,7 +108,11 @@ def test_a_run_killed_with_sigkill_resumes_exactly_where_it_stopped(expand_step)
     assert not Task.objects.filter(pk__lte=run.last_key, priority__isnull=True).exists()
     assert not Task.objects.filter(pk__gt=run.last_key, priority__isnull=False).exists()
 
-    # when: the command runs again
+    # when: the command runs again before the dead process's lease has expired, it is refused,
+    # naming that process; once it has, it carries on
+    with pytest.raises(CommandError, match=rf"pid {process.pid} \(lease until"):
+        call_command("backfill_priority", no_progress=True, stdout=StringIO())
+    wait_until(lambda: not BackfillRun.objects.get().lease_is_live, what="the lease to expire")
     out = StringIO()
     call_command(
         "backfill_priority", batch_size=500, target_batch_ms=0, no_progress=True, stdout=out
@@ -289,6 +294,44 @@ def finished(thread: threading.Thread, outcome: dict):
     return outcome["result"]
 
 
+# Created by the test in its database: a real error from the server when the second batch's
+# checkpoint is written, inside that batch's transaction, after its UPDATE.
+SECOND_CHECKPOINT_FAILS = """
+CREATE FUNCTION test_refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'checkpoint refused by the test';
+END $$;
+CREATE TRIGGER test_refuse_checkpoint BEFORE UPDATE ON backfills_backfillrun
+    FOR EACH ROW WHEN (NEW.batches = 2) EXECUTE FUNCTION test_refuse_checkpoint();
+"""
+
+
+def test_a_batch_whose_checkpoint_cannot_be_written_is_rolled_back_with_it(expand_step):
+    # given: 30 rows, and a run table that refuses the second batch's checkpoint
+    seed_legacy(30)
+    ids = list(Task.objects.order_by("pk").values_list("pk", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute(SECOND_CHECKPOINT_FAILS)
+    try:
+        # when
+        with pytest.raises(CommandError, match="checkpoint refused by the test"):
+            call_command(
+                "backfill_priority", batch_size=10, target_batch_ms=0, no_progress=True,
+                stdout=StringIO(),
+            )  # fmt: skip
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_refuse_checkpoint ON backfills_backfillrun")
+            cursor.execute("DROP FUNCTION test_refuse_checkpoint()")
+
+    # then: the second batch's rows were rolled back with its checkpoint; the run stopped
+    # after the first batch, as its checkpoint says
+    run = BackfillRun.objects.get()
+    assert (run.status, run.rows_done, run.batches, run.last_key) == ("failed", 10, 1, ids[9])
+    filled = Task.objects.filter(priority__isnull=False).order_by("pk").values_list("pk", flat=True)
+    assert list(filled) == ids[:10]
+
+
 def test_a_batch_chosen_as_a_deadlock_victim_is_retried_and_overwrites_nothing(expand_step):
     # given: an application transaction has set the priority of the 6th row, not committed yet,
     # to a value the rule would not give (so that an overwrite would show)
@@ -402,21 +445,22 @@ def test_a_batch_that_waits_on_a_lock_succeeds_once_the_lock_is_released(expand_
 
 
 def test_a_second_process_is_refused_while_a_run_is_in_progress(expand_step):
-    # given: another session holds the run's lock (as a running backfill process does)
+    # given: another process holds the run's lease (as a running backfill process does)
     seed_legacy(20)
-    holder = psycopg.connect(conninfo(), autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(hashtext('backfills.run:tasks.task.priority'))")
-    try:
-        # when
-        with pytest.raises(CommandError, match="another process is running backfill"):
-            call_command("backfill_priority", no_progress=True, stdout=StringIO())
+    call_command("backfill_priority", batch_size=5, max_batches=1, no_progress=True, verbosity=0)
+    run = BackfillRun.objects.get()
+    holder = claim(
+        run, owner="command on host-b", origin="command", using="default", lease_seconds=60
+    )
 
-        # then
-        assert not BackfillRun.objects.exists()
-        assert Task.objects.filter(priority__isnull=True).count() == 20
-    finally:
-        holder.close()
+    # when
+    with pytest.raises(CommandError, match="is being processed by command on host-b"):
+        call_command("backfill_priority", no_progress=True, stdout=StringIO())
 
+    # then: nothing changed; once the holder lets go, the run carries on
+    assert Task.objects.filter(priority__isnull=True).count() == 15
+    assert BackfillRun.objects.get().lease_owner == "command on host-b"
+    holder.release()
     call_command("backfill_priority", no_progress=True, stdout=StringIO())
     assert not Task.objects.filter(priority__isnull=True).exists()
 
@@ -440,12 +484,25 @@ def test_batch_settings_do_not_leak_into_the_session(expand_step):
         assert cursor.fetchone()[0] == "on"
 
 
-def test_a_finished_run_releases_its_lock_for_other_sessions(expand_step):
-    seed_legacy(10)
-    call_command("backfill_priority", no_progress=True, stdout=StringIO())
+def test_a_backfill_holds_no_lock_between_its_transactions(expand_step):
+    # given: a watcher of the locks the backfill's session holds
+    seed_legacy(30)
+    held = []
+    with psycopg.connect(conninfo(), autocommit=True) as watcher:
 
-    with psycopg.connect(conninfo(), autocommit=True) as other:
-        key = "backfills.run:tasks.task.priority"
-        acquired = other.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()[0]
+        def locks_held(report) -> None:
+            # after each batch has committed: nothing left in the session, advisory or other
+            held.extend(
+                watcher.execute(
+                    "SELECT locktype FROM pg_locks WHERE pid = %s",
+                    [connection.connection.info.backend_pid],
+                ).fetchall()
+            )
 
-    assert acquired is True
+        # when
+        fill(PRIORITY, using="default", policy=BatchPolicy(batch_size=10), on_batch=locks_held)
+
+    # then: the lease in the run's row is the only sign a process works on it, so a process
+    # stopped between batches holds up nobody, and a transaction pooler can run it
+    assert held == []
+    assert not Task.objects.filter(priority__isnull=True).exists()

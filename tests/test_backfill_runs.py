@@ -488,10 +488,21 @@ def test_a_worker_carries_out_a_run_started_in_the_background(expand_step):
     assert "manage.py db_worker --queue-name backfill" in out and run.status == Status.PENDING
 
     # when
+    started = timezone.now()
     run_worker_until_idle()
 
-    # then: one slice did it all; its successor is scheduled for when the slice would end
+    # then: one slice did it all; its successor is due just after the slice's lease would have
+    # run out, had its worker died (and finds nothing to do)
+    from django.conf import settings
+    from django_tasks_db.models import DBTaskResult
+
+    from backfills.workers import TAKEOVER_MARGIN_SECONDS
+
     run.refresh_from_db()
+    successor = DBTaskResult.objects.get(pk=run.worker_task_id)
+    due = (successor.run_after - started).total_seconds()
+    lease = settings.BACKFILL_LEASE_SECONDS + TAKEOVER_MARGIN_SECONDS
+    assert lease <= due <= lease + 5
     assert (run.status, run.rows_done, run.origin, run.background) == (
         Status.SUCCEEDED,
         25,
@@ -582,6 +593,33 @@ def test_slices_hand_the_run_over_to_their_successors(expand_step, settings):
     assert len(tasks_run) >= 2 and all("time budget" in t for t in tasks_run[:-1])
     assert kinds(run).count("processing") == len(tasks_run)
     assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+def test_a_task_that_finds_the_run_held_comes_back_when_the_lease_would_expire(expand_step):
+    from django_tasks_db.models import DBTaskResult
+
+    from backfills.workers import TAKEOVER_MARGIN_SECONDS, run_slice
+
+    # given: a background run another process holds, its lease renewed until 20 s from now
+    legacy(5)
+    steer(background=True)
+    run = BackfillRun.objects.get()
+    expires = timezone.now() + datetime.timedelta(seconds=20)
+    BackfillRun.objects.filter(pk=run.pk).update(
+        lease_owner="worker on host-b", lease_expires_at=expires
+    )
+
+    # when: its task runs
+    outcome = run_slice(run.pk, task_id=run.worker_task_id, using="default")
+
+    # then: it did nothing but enqueue its successor, due just after that lease would expire
+    run.refresh_from_db()
+    successor = DBTaskResult.objects.get(pk=run.worker_task_id)
+    assert outcome.startswith(f"waiting: run #{run.pk} is held by worker on host-b until ")
+    due = (successor.run_after - expires).total_seconds()
+    assert TAKEOVER_MARGIN_SECONDS - 1 <= due <= TAKEOVER_MARGIN_SECONDS + 1
+    assert Task.objects.filter(priority__isnull=True).count() == 5
+    BackfillRun.objects.update(lease_owner="", lease_expires_at=None)  # host-b lets go
 
 
 def test_resuming_a_background_run_starts_a_fresh_chain_of_tasks(expand_step):

@@ -252,3 +252,67 @@ def test_a_failed_set_not_null_leaves_no_check_behind_even_behind_a_reader(at_in
     assert readers, "the VALIDATE ran"
     assert not_valid_checks() == []
     assert column_state(Task, "priority", using="default") == "nullable"
+
+
+# In the test database only: every ALTER TABLE … VALIDATE CONSTRAINT first waits for advisory
+# lock 4242, before it takes its table lock, so a test holding that lock stops the migration
+# there, its NOT VALID check committed.
+VALIDATE_WAITS_FOR_THE_TEST = """
+CREATE FUNCTION test_validate_waits() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_query() LIKE '%VALIDATE CONSTRAINT%' THEN
+        PERFORM pg_advisory_xact_lock(4242);
+    END IF;
+END $$;
+CREATE EVENT TRIGGER test_validate_waits ON ddl_command_start WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION test_validate_waits();
+"""
+
+
+def test_a_connection_lost_while_validating_says_what_is_left_and_a_rerun_finishes(at_initial):
+    from tests.test_backfill_operations_postgres import manage
+    from tests.test_backfill_postgres import wait_until_blocked_by
+
+    # given: the contract's VALIDATE will wait for a lock of this session
+    call_command("migrate", "tasks", "0003", verbosity=0)
+    holder = psycopg.connect(conninfo(), autocommit=True)
+    holder.execute(VALIDATE_WAITS_FOR_THE_TEST)
+    holder.execute("SELECT pg_advisory_lock(4242)")
+    try:
+        process = manage(
+            "migrate", "tasks", "0004_priority_contract",
+            env={"MIGRATION_LOCK_TIMEOUT_MS": "30000", "MIGRATION_STATEMENT_TIMEOUT_MS": "60000"},
+        )  # fmt: skip
+        wait_until_blocked_by(holder.info.backend_pid)
+
+        # when: its connection is lost there (the server ends its session)
+        holder.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE %s = ANY(pg_blocking_pids(pid))",
+            [holder.info.backend_pid],
+        )
+        out, err = process.communicate(timeout=60)
+    finally:
+        holder.execute("DROP EVENT TRIGGER test_validate_waits")
+        holder.execute("DROP FUNCTION test_validate_waits()")
+        holder.close()
+
+    # then: one line that says what the table is left with and what to do; nothing recorded
+    [check] = not_valid_checks()
+    assert process.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "CommandError: Lost the connection to the database while making tasks_task.priority "
+        "NOT NULL (terminating connection due to administrator command): the NOT VALID check "
+        f"{check} is in place (rows written from now on need a priority); rerun manage.py "
+        "migrate to validate it and finish. This migration is not recorded."
+    ]
+    assert not applied("0004_priority_contract")
+    assert column_state(Task, "priority", using="default") == "nullable"
+
+    # when: migrate runs again
+    call_command("migrate", "tasks", "0004_priority_contract", verbosity=0)
+
+    # then: the check was validated and replaced by NOT NULL
+    assert applied("0004_priority_contract")
+    assert column_state(Task, "priority", using="default") == "not null"
+    assert not_valid_checks() == []

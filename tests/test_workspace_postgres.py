@@ -2,7 +2,6 @@
 with their own connections, on 1 and 2 workers; and its data migration when another process
 holds the run or an operator pauses it."""
 
-import psycopg
 import pytest
 from django.db import connection, connections
 from django.utils import timezone
@@ -10,7 +9,6 @@ from django.utils import timezone
 from tasks.models import Category, Task, Workspace
 from tasks.services import task_create
 from tests.helpers import WORKSPACE, fill_while_the_application_writes, wait_until
-from tests.test_backfill_postgres import conninfo
 from tests.test_workspace import stored_workspaces, workspaces_by_an_independent_query
 
 pytestmark = pytest.mark.postgres
@@ -95,22 +93,33 @@ def legacy_rows(count: int, *, users: int = 1, seed: int = 2) -> None:
 def test_the_data_migration_refuses_in_one_line_while_another_process_holds_the_run(
     workspace_expand_step,
 ):
-    # given: rows to fill, and another process working on the backfill (its advisory lock)
+    # given: rows to fill, and a run another process holds (its lease renewed a moment ago)
+    import datetime
+
     from django.core.management import CommandError, call_command
     from django.db.migrations.recorder import MigrationRecorder
+    from django.utils import timezone
+
+    from backfills.models import BackfillRun
 
     legacy_rows(30)
-    holder = psycopg.connect(conninfo(), autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(hashtext('backfills.run:tasks.task.workspace'))")
+    call_command("backfill", WORKSPACE.name, batch_size=10, max_batches=1, verbosity=0)
+    BackfillRun.objects.update(
+        status="running",
+        lease_owner="command root@host-b pid 99",
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
+    )
+
     try:
         # when / then
-        with pytest.raises(CommandError, match="another process is running backfill"):
+        with pytest.raises(CommandError, match="is being processed by command root@host-b pid 99"):
             call_command("migrate", "tasks", "0008_workspace_backfill", verbosity=0)
+        recorder = MigrationRecorder(connection).migration_qs
+        assert not recorder.filter(app="tasks", name="0008_workspace_backfill").exists()
+        assert Task.objects.filter(workspace__isnull=True).count() == 20
+        assert BackfillRun.objects.get().lease_owner == "command root@host-b pid 99"
     finally:
-        holder.close()
-    recorder = MigrationRecorder(connection).migration_qs
-    assert not recorder.filter(app="tasks", name="0008_workspace_backfill").exists()
-    assert Task.objects.filter(workspace__isnull=True).count() == 30
+        BackfillRun.objects.update(lease_owner="", lease_expires_at=None)  # the holder is done
 
 
 def test_a_data_migration_paused_half_way_is_not_recorded_as_done(workspace_expand_step, settings):
