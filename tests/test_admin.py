@@ -8,7 +8,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
+from backfills.models import BackfillRun
 from tasks.models import Category, Task
 from tasks.pagination import EstimatedCountPaginator
 
@@ -379,3 +381,28 @@ def test_the_admin_index_migration_builds_and_drops_concurrently():
         cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'")
         assert cursor.fetchone() == (1,)
 
+
+# -- backfill runs -----------------------------------------------------------------------------
+
+
+def test_a_pending_run_no_worker_has_picked_up_says_so_and_what_to_do(client, demo_data):
+    # given: a run enqueued for task workers, and one a worker is carrying out
+    client.force_login(get_user_model().objects.get(username="alice"))
+    waiting = BackfillRun.objects.create(
+        name="tasks.task.priority", status="pending", background=True, origin="admin"
+    )
+    running = BackfillRun.objects.create(
+        name="tasks.task.workspace", status="running", background=True, origin="admin",
+        lease_owner="worker on host-a", heartbeat_at=timezone.now(),
+    )  # fmt: skip
+
+    # when
+    waiting_page = client.get(reverse("admin:backfills_backfillrun_change", args=[waiting.pk]))
+    running_page = client.get(reverse("admin:backfills_backfillrun_change", args=[running.pk]))
+
+    # then
+    notice = waiting_page.content.decode()
+    assert 'id="waiting-for-worker"' in notice
+    assert "No worker has picked this run up yet" in notice
+    assert "manage.py db_worker --queue-name backfill" in notice
+    assert 'id="waiting-for-worker"' not in running_page.content.decode()
