@@ -1,6 +1,7 @@
 """A paginator for big tables: counts a result exactly only while that is cheap."""
 
 import json
+from math import ceil
 
 from django.core.paginator import Paginator
 from django.db import connections
@@ -48,7 +49,8 @@ class EstimatedCountPaginator(Paginator):
     PostgreSQL: the whole table is estimated from its statistics once it is big; a filtered or
     searched result is counted up to EXACT_COUNT_BELOW + 1 rows (``COUNT(*)`` over a ``LIMIT``
     subquery, which stops there) and shown exactly below that, and above it estimated by the
-    planner. ``count_is_exact`` says which, for the templates (admin/tasks/task/).
+    planner. ``count_is_exact`` says which, for the templates (admin/tasks/task/). An
+    estimated result is paged only as far as its first EXACT_COUNT_BELOW rows (``num_pages``).
     """
 
     exact_count_below = EXACT_COUNT_BELOW
@@ -73,6 +75,17 @@ class EstimatedCountPaginator(Paginator):
             estimate = max(estimate, bounded)
         self.estimated = True
         return estimate
+
+    @cached_property
+    def num_pages(self) -> int:
+        """The pages linked and served: a result too big to count gets as many as its first
+        ``exact_count_below`` rows fill. A page deep in a big result is an OFFSET over every row
+        before it (the last of 1,000,000 tasks reads them all); filters, search and sorting are
+        the way there."""
+        pages = super().num_pages
+        if self.count_is_exact:
+            return pages
+        return min(pages, ceil(self.exact_count_below / self.per_page))
 
     @property
     def count_is_exact(self) -> bool:

@@ -366,6 +366,27 @@ def test_a_huge_filtered_result_is_counted_only_up_to_the_bound_then_estimated(
 
 
 @pytest.mark.postgres
+def test_a_result_too_big_to_count_is_paged_only_through_its_first_rows(
+    client, demo_data, monkeypatch
+):
+    # given: a bound of 1,000 rows (10 pages of 100) and 12,000 tasks, estimated
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_count_below", 1_000)
+    seed_analysed(12_000)
+    client.force_login(staff_in("Member"))
+
+    # when
+    first = client.get(TASKS)
+    last = client.get(TASKS + "?p=10")
+    beyond = client.get(TASKS + "?p=11")
+
+    # then: pages 1-10 are linked and served, page 11 (an OFFSET of 1,000 more rows) is not
+    pages = {int(p) for p in re.findall(r'href="\?p=(\d+)"', first.content.decode())}
+    assert max(pages) == 10
+    assert len(last.context["cl"].result_list) == 100
+    assert beyond.status_code == 302 and "e=1" in beyond.url
+
+
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)  # sqlmigrate of a non-atomic migration
 def test_the_admin_index_migration_builds_and_drops_concurrently():
     out = StringIO()
