@@ -319,6 +319,23 @@ def test_the_search_is_served_by_the_trigram_index(client, demo_data):
     assert "tasks_task_title_trgm_idx" in plan_of(cl.queryset.order_by().values("pk"))
 
 
+def test_a_searched_list_has_no_date_hierarchy_to_bound(client, demo_data):
+    client.force_login(staff_in("Member"))
+
+    with CaptureQueriesContext(connection) as queries:
+        searched = client.get(TASKS + "?q=budget")
+    filtered = client.get(TASKS + "?status__exact=blocked")
+
+    # then: no MIN/MAX of the due date over the matches, and the due-date filter still there
+    assert [task.title for task in searched.context["cl"].result_list] == [
+        "Prepare the quarterly budget"
+    ]
+    assert not any("MIN(" in q["sql"].upper() for q in queries.captured_queries)
+    assert 'class="toplinks"' not in searched.content.decode()
+    assert 'data-filter-title="due date"' in searched.content.decode()
+    assert 'class="toplinks"' in filtered.content.decode()
+
+
 @pytest.mark.postgres
 def test_a_filtered_list_shows_its_exact_count_where_the_statistics_say_otherwise(
     client, demo_data
