@@ -79,9 +79,8 @@ class IndexedSortChangeList(ChangeList):
             # No date hierarchy over a search's matches (the due-date filter stays): its first
             # and last date are MIN/MAX over them, which PostgreSQL reads by walking the date
             # index from each end, filtering, when it expects the matches to be spread over
-            # the dates; where titles and dates go together it walks most of the table (1.6 s
-            # for a two-word search of 1,000,000 tasks, docs/benchmarks.md). The queryset
-            # above keeps any date already drilled into.
+            # the dates; where titles and dates go together it walks most of the table
+            # (docs/benchmarks.md). The queryset above keeps any date already drilled into.
             self.date_hierarchy = None
 
     def get_ordering(self, request: HttpRequest, queryset: QuerySet) -> list:
