@@ -69,9 +69,13 @@ demo: $(STAMP)
 	$(call run,backfill tasks.task.workspace --dry-run)
 	$(call run,backfill tasks.task.workspace)
 	@echo "   4d. Data migration 0008, contract 0009 (the key validated, NOT NULL)."
-	$(call run,migrate tasks)
+	$(call run,migrate tasks 0009_workspace_contract)
 	@echo
-	@echo "== 5. Where things stand: the registered backfills, their runs, the tasks"
+	@echo "== 5. The admin's indexes, a step of their own: one per sortable column and a trigram index"
+	@echo "   for the title search (0010; CONCURRENTLY on PostgreSQL, where a list of 1,000,000 tasks needs them)."
+	$(call run,migrate)
+	@echo
+	@echo "== 6. Where things stand: the registered backfills, their runs, the tasks"
 	$(call run,backfill --list)
 	$(call run,backfill --status)
 	$(call run,task_stats)

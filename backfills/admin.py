@@ -9,6 +9,8 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.urls import path
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 
 from backfills.controls import CONTROL_STATUSES, RunStateError
@@ -17,6 +19,9 @@ from backfills.models import OPEN_STATUSES, BackfillLane, BackfillRun, BackfillR
 from backfills.orchestration import NotEnqueued, start_on_workers, steer
 from backfills.registry import BackfillNotReady, UnknownBackfill, definitions, get_definition
 from backfills.workers import QUEUE
+
+# What starts a task worker for backfill runs (docs/zero-downtime.md, "Workers in production").
+WORKER_COMMAND = f"manage.py db_worker --queue-name {QUEUE}"
 
 
 class RunPartInline(admin.TabularInline):
@@ -76,20 +81,17 @@ class BackfillRunAdmin(admin.ModelAdmin):
     etc.). The pages reload themselves every few seconds while a run is open: no JavaScript.
     """
 
+    # Six columns, each a few lines high, so that the list fits a 1,400 px window beside the
+    # navigation and the filters (tests/test_browser.py); the run page has each value alone.
     list_display = [
-        "__str__",
+        "run_column",
         "status_column",
-        "progress_column",
-        "rows_column",
-        "rate_column",
-        "eta_column",
-        "batch_size",
+        "progress_rows_column",
+        "speed_column",
         "heartbeat_column",
-        "origin",
-        "started_by",
-        "started_at",
+        "started_column",
     ]
-    list_display_links = ["__str__"]
+    list_display_links = ["run_column"]
     list_filter = ["name", "status", "origin"]
     inlines = [BackfillLaneInline, BackfillRunEventInline]
     change_list_template = "admin/backfills/backfillrun/change_list.html"
@@ -170,6 +172,10 @@ class BackfillRunAdmin(admin.ModelAdmin):
     def has_control_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("backfills.control_backfillrun")
 
+    @admin.display(description="run", ordering="-started_at")
+    def run_column(self, run: BackfillRun) -> str:
+        return f"{run.name} #{run.pk}"
+
     @admin.display(description="status", ordering="status")
     def status_column(self, run: BackfillRun) -> str:
         return run.status_label
@@ -197,6 +203,27 @@ class BackfillRunAdmin(admin.ModelAdmin):
     @admin.display(description="ETA")
     def eta_column(self, run: BackfillRun) -> str:
         return format_seconds(run.eta_seconds)
+
+    @admin.display(description="progress")
+    def progress_rows_column(self, run: BackfillRun) -> str:
+        return format_html("{}<br>{} rows", self.progress_column(run), self.rows_column(run))
+
+    @admin.display(description="speed")
+    def speed_column(self, run: BackfillRun) -> str:
+        rate = "-" if not run.rows_per_second else f"{run.rows_per_second:,.0f} rows/s"
+        batch = "-" if run.batch_size is None else f"{run.batch_size:,}"
+        return format_html("{}<br>ETA {}<br>batches of {}", rate, self.eta_column(run), batch)
+
+    @admin.display(description="started", ordering="started_at")
+    def started_column(self, run: BackfillRun) -> str:
+        when = date_format(timezone.localtime(run.started_at), "SHORT_DATETIME_FORMAT")
+        who = run.started_by or "-"
+        return format_html(
+            '{}<br><span class="backfill-started-by">{}</span> ({})',
+            when,
+            who,
+            run.get_origin_display().lower(),
+        )
 
     @admin.display(description="heartbeat")
     def heartbeat_column(self, run: BackfillRun) -> str:
@@ -285,8 +312,7 @@ class BackfillRunAdmin(admin.ModelAdmin):
         how = "carries on" if resumed else "started"
         self.message_user(
             request,
-            f"Run #{run.pk} of {definition.name} {how} on task workers "
-            f"(manage.py db_worker --queue-name {QUEUE}).",
+            f"Run #{run.pk} of {definition.name} {how} on task workers ({WORKER_COMMAND}).",
             messages.SUCCESS,
         )
         return redirect("admin:backfills_backfillrun_change", run.pk)
@@ -324,9 +350,23 @@ class BackfillRunAdmin(admin.ModelAdmin):
         extra_context = {
             **(extra_context or {}),
             "controls": controls,
+            "waiting_for_worker": self.waiting_for_worker(run),
             "refresh_seconds": self.REFRESH_SECONDS if run is not None and run.is_open else None,
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def waiting_for_worker(self, run: BackfillRun | None) -> str:
+        """What the page says of a run enqueued for task workers that none has picked up yet
+        (a worker that does makes it running), and what to do; empty for any other run."""
+        if run is None or run.status != BackfillRun.Status.PENDING or not run.background:
+            return ""
+        waiting = format_seconds((timezone.now() - run.updated_at).total_seconds())
+        return (
+            f"No worker has picked this run up yet (pending for {waiting}). Runs started in "
+            f"the background are carried out by task workers: if none is running, start one "
+            f"with {WORKER_COMMAND} (docs/zero-downtime.md, Workers in production); it picks "
+            "this run up within seconds."
+        )
 
     def _db(self) -> str:
         return router.db_for_write(BackfillRun)

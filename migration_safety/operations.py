@@ -21,14 +21,17 @@ import datetime
 import logging
 import time
 
+from django.contrib.postgres.indexes import PostgresIndex
+from django.contrib.postgres.operations import TrigramExtension
 from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, NotSupportedError, models
-from django.db.migrations.operations import AddField, AddIndex, AlterField
+from django.db.migrations.operations import AddField, AddIndex, AlterField, RemoveIndex
 from django.db.migrations.operations.base import Operation
 from django_pg_migration_tools.operations import (
     SafeIndexOperationManager,
     SaferAddIndexConcurrently,
     SaferAlterFieldSetNotNull,
+    SaferRemoveIndexConcurrently,
     build_postgres_identifier,
 )
 from django_pg_migration_tools.timeouts import apply_timeouts
@@ -211,6 +214,11 @@ def note_dropped_check(schema_editor) -> None:
             return
 
 
+def only_postgresql_has(index: models.Index) -> bool:
+    """An index of a kind only PostgreSQL has (GIN, GiST, BRIN…: django.contrib.postgres)."""
+    return isinstance(index, PostgresIndex)
+
+
 class AddIndexSafely(SaferAddIndexConcurrently):
     """Add an index without blocking writes: CREATE INDEX CONCURRENTLY on PostgreSQL.
 
@@ -218,22 +226,71 @@ class AddIndexSafely(SaferAddIndexConcurrently):
     DELETE on the table waits. CONCURRENTLY takes SHARE UPDATE EXCLUSIVE instead (writes go on)
     at the price of two table scans, and cannot run in a transaction: use it in a non-atomic
     migration. The library drops an INVALID leftover of an interrupted build first and skips a
-    valid index of that name. Other databases get an ordinary CREATE INDEX.
+    valid index of that name. Other databases get an ordinary CREATE INDEX, except of an index
+    only PostgreSQL has (a GIN index, say), which they go without.
     """
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
         if not is_postgresql(schema_editor):
+            if only_postgresql_has(self.index):
+                return
             return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
         with scans_without_statement_timeout(schema_editor):
             super().database_forwards(app_label, schema_editor, from_state, to_state)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
         if not is_postgresql(schema_editor):
+            if only_postgresql_has(self.index):
+                return
             return AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
         super().database_backwards(app_label, schema_editor, from_state, to_state)
 
     def describe(self) -> str:
         return f"Add index {self.index.name} on {self.model_name} without blocking writes"
+
+
+class RemoveIndexSafely(SaferRemoveIndexConcurrently):
+    """Drop an index without blocking reads or writes: DROP INDEX CONCURRENTLY on PostgreSQL.
+
+    A plain DROP INDEX takes ACCESS EXCLUSIVE on the table (every query waits for it, and queues
+    behind it while it waits); CONCURRENTLY waits for the transactions using the index instead,
+    under SHARE UPDATE EXCLUSIVE. Not in a transaction: use it in a non-atomic migration. Drops
+    nothing if the index is gone already; reversing builds it again as :class:`AddIndexSafely`
+    does. Other databases get Django's RemoveIndex.
+    """
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if not is_postgresql(schema_editor):
+            return RemoveIndex.database_forwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+        super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if not is_postgresql(schema_editor):
+            return RemoveIndex.database_backwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+        with scans_without_statement_timeout(schema_editor):
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+    def describe(self) -> str:
+        return f"Remove index {self.name} from {self.model_name} without blocking writes"
+
+
+class AddTrigramExtension(TrigramExtension):
+    """``CREATE EXTENSION IF NOT EXISTS pg_trgm`` on PostgreSQL, for trigram indexes; nothing
+    elsewhere, either way (Django's reverse would ask any database for ``pg_extension``).
+
+    Reversing keeps the extension: another table's index may use it, and unused it costs
+    nothing. pg_trgm is trusted (PostgreSQL 13+): the database's owner may create it.
+    """
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "Create extension pg_trgm if it is not there (PostgreSQL)"
 
 
 def constraint_names(

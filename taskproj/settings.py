@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # PostgreSQL's indexes and extensions in migrations (the admin's trigram search index).
+    "django.contrib.postgres",
     # Django's task framework (the django-tasks backport on Django 5.2; django.tasks from
     # Django 6 on) with the database backend: backfill NAME --background, db_worker.
     "django_tasks",

@@ -1,10 +1,14 @@
-"""A paginator for big tables: estimates the unfiltered row count instead of counting it."""
+"""A paginator for big tables: counts a result exactly only while that is cheap."""
+
+import json
+from math import ceil
 
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.models import QuerySet
 from django.utils.functional import cached_property
 
-# Below this many rows an exact COUNT(*) is cheap and nicer to show than an estimate.
+# Up to this many rows a count is cheap and nicer to show than an estimate.
 EXACT_COUNT_BELOW = 10_000
 
 
@@ -28,20 +32,63 @@ def estimated_row_count(model, using: str) -> int | None:
     return row[0]
 
 
-class EstimatedCountPaginator(Paginator):
-    """Uses the table estimate for an unfiltered queryset on a big PostgreSQL table.
+def estimated_result_count(queryset: QuerySet) -> int | None:
+    """PostgreSQL's planner estimate of the rows ``queryset`` returns (EXPLAIN, nothing run),
+    or None elsewhere."""
+    if connections[queryset.db].vendor != "postgresql":
+        return None
+    plan = json.loads(queryset.order_by().values("pk").explain(format="json"))
+    return int(plan[0]["Plan"]["Plan Rows"])
 
-    Counting 1,000,000 rows scans the whole table (or its smallest index) on every page view;
-    the admin only needs the count to draw page links, where an estimate is good enough.
-    Filtered querysets (search, filters) are still counted exactly.
+
+class EstimatedCountPaginator(Paginator):
+    """Counts exactly only up to EXACT_COUNT_BELOW rows; a bigger result gets an estimate.
+
+    Counting 1,000,000 rows, or the 250,000 of a filter, scans them all on every page view; the
+    admin only needs the count to draw page links, where an estimate is good enough. So, on
+    PostgreSQL: the whole table is estimated from its statistics once it is big; a filtered or
+    searched result is counted up to EXACT_COUNT_BELOW + 1 rows (``COUNT(*)`` over a ``LIMIT``
+    subquery, which stops there) and shown exactly below that, and above it estimated by the
+    planner. ``count_is_exact`` says which, for the templates (admin/tasks/task/). An
+    estimated result is paged only as far as its first EXACT_COUNT_BELOW rows (``num_pages``).
     """
+
+    exact_count_below = EXACT_COUNT_BELOW
+    estimated = False
 
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if not getattr(queryset, "query", None) or queryset.query.where:
+        if not isinstance(queryset, QuerySet):
             return super().count
-        estimate = estimated_row_count(queryset.model, queryset.db)
-        if estimate is None or estimate < EXACT_COUNT_BELOW:
-            return super().count
+        if not queryset.query.where:
+            estimate = estimated_row_count(queryset.model, queryset.db)
+            if estimate is None or estimate < self.exact_count_below:
+                return super().count
+        else:
+            bounded = queryset.order_by().values("pk")[: self.exact_count_below + 1].count()
+            if bounded <= self.exact_count_below:
+                return bounded
+            estimate = estimated_result_count(queryset)
+            if estimate is None:  # not PostgreSQL
+                return super().count
+            estimate = max(estimate, bounded)
+        self.estimated = True
         return estimate
+
+    @cached_property
+    def num_pages(self) -> int:
+        """The pages linked and served: a result too big to count gets as many as its first
+        ``exact_count_below`` rows fill. A page deep in a big result is an OFFSET over every row
+        before it (the last of 1,000,000 tasks reads them all); filters, search and sorting are
+        the way there."""
+        pages = super().num_pages
+        if self.count_is_exact:
+            return pages
+        return min(pages, ceil(self.exact_count_below / self.per_page))
+
+    @property
+    def count_is_exact(self) -> bool:
+        """Whether ``count`` was counted, not estimated."""
+        _ = self.count  # counted, or estimated, first
+        return not self.estimated

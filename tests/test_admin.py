@@ -1,3 +1,6 @@
+import re
+from io import StringIO
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -5,8 +8,11 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from tasks.models import Task
+from backfills.models import BackfillRun
+from tasks.models import Category, Task
+from tasks.pagination import EstimatedCountPaginator
 
 pytestmark = pytest.mark.django_db
 TASKS = reverse("admin:tasks_task_changelist")
@@ -205,3 +211,236 @@ def test_the_default_ordering_is_served_by_an_index_on_postgresql(demo_data):
 
     assert "tasks_task_pkey" in plan
     assert "Sort" not in plan
+
+
+# -- the task list at scale: sorting, search and counts --------------------------------------
+
+# Column numbers of the task list for a Member (no actions, so no checkbox column first).
+TITLE, STATUS, PRIORITY, DUE_DATE, CATEGORY, WORKSPACE, ASSIGNEE = range(7)
+# The index each sortable column is read through (migration 0010).
+SORT_INDEXES = {
+    TITLE: "tasks_task_title_id_idx",
+    STATUS: "tasks_task_status_id_idx",
+    PRIORITY: "tasks_task_priority_rank_idx",
+    DUE_DATE: "tasks_task_due_date_id_idx",
+}
+
+
+def shown(response) -> list[tuple[str, int]]:
+    return [(task.title, task.pk) for task in response.context["cl"].result_list]
+
+
+def test_a_sort_by_one_column_breaks_ties_by_id_in_the_same_direction(client, reference_data):
+    # given: two tasks of the same title and one before them
+    client.force_login(staff_in("Member"))
+    b1, b2, a = (Task.objects.create(title=title) for title in ("B", "B", "A"))
+
+    # when
+    ascending = client.get(TASKS + f"?o={TITLE}")
+    descending = client.get(TASKS + f"?o=-{TITLE}")
+
+    # then: (title, id) read forwards, and backwards
+    assert shown(ascending) == [("A", a.pk), ("B", b1.pk), ("B", b2.pk)]
+    assert shown(descending) == [("B", b2.pk), ("B", b1.pk), ("A", a.pk)]
+
+
+def test_the_list_sorts_by_one_column_at_a_time_and_only_by_indexed_ones(client, demo_data):
+    client.force_login(staff_in("Member"))
+
+    by_status_then_title = client.get(TASKS + f"?o={STATUS}.{TITLE}")
+    by_category = client.get(TASKS + f"?o={CATEGORY}")
+
+    # a second column in the URL (a click on another header) is not sorted by: the first is
+    cl = by_status_then_title.context["cl"]
+    assert cl.get_ordering_field_columns() == {STATUS: "asc"}
+    assert [task.status for task in cl.result_list] == sorted(t.status for t in cl.result_list)
+    # the category, workspace and assignee columns have no sort link, and the URL is ignored
+    html = by_category.content.decode()
+    for column in ("category", "workspace_name", "assignee"):
+        assert re.search(rf'<th scope="col" class="column-{column}">', html), column
+    assert 'class="sortable column-title' in html
+    newest_first = list(Task.objects.order_by("-id").values_list("pk", flat=True))
+    assert [task.pk for task in by_category.context["cl"].result_list] == newest_first
+
+
+def test_the_list_offers_no_facet_counts(client, demo_data):
+    client.force_login(staff_in("Member"))
+
+    response = client.get(TASKS + "?_facets=True")
+
+    assert not response.context["cl"].add_facets
+    assert "Show counts" not in response.content.decode()
+
+
+def seed_analysed(tasks: int) -> None:
+    """``tasks`` seeded tasks with fresh planner statistics (PostgreSQL)."""
+    call_command("seed", tasks=tasks, users=2, seed=1, no_progress=True, verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_task")
+
+
+def plan_of(queryset) -> str:
+    return queryset.explain()
+
+
+@pytest.mark.postgres
+def test_each_sortable_column_is_read_through_its_index_both_ways(client, demo_data):
+    # given: enough rows that sorting them would cost more than reading an index
+    seed_analysed(5_000)
+    client.force_login(staff_in("Member"))
+
+    for column, index in SORT_INDEXES.items():
+        for order in (f"{column}", f"-{column}"):
+            # when: the page as the changelist queries it
+            cl = client.get(TASKS + f"?o={order}").context["cl"]
+            plan = plan_of(cl.queryset[: cl.list_per_page])
+
+            # then: read in order from the column's index, never sorted
+            assert index in plan, (order, plan)
+            assert "Sort" not in plan, (order, plan)
+
+
+@pytest.mark.postgres
+def test_the_search_is_served_by_the_trigram_index(client, demo_data):
+    # given: a big table and a few tasks with a rare word in their title
+    seed_analysed(12_000)
+    for n in range(3):
+        Task.objects.create(title=f"Paint the zebra crossing {n}")
+    client.force_login(staff_in("Member"))
+
+    # when
+    response = client.get(TASKS + "?q=Zebra")
+
+    # then: found case-insensitively, and the rows matching are found through the index
+    cl = response.context["cl"]
+    assert sorted(task.title for task in cl.result_list) == [
+        f"Paint the zebra crossing {n}" for n in range(3)
+    ]
+    assert "tasks_task_title_trgm_idx" in plan_of(cl.queryset.order_by().values("pk"))
+
+
+def test_a_searched_list_has_no_date_hierarchy_to_bound(client, demo_data):
+    client.force_login(staff_in("Member"))
+
+    with CaptureQueriesContext(connection) as queries:
+        searched = client.get(TASKS + "?q=budget")
+    filtered = client.get(TASKS + "?status__exact=blocked")
+
+    # then: no MIN/MAX of the due date over the matches, and the due-date filter still there
+    assert [task.title for task in searched.context["cl"].result_list] == [
+        "Prepare the quarterly budget"
+    ]
+    assert not any("MIN(" in q["sql"].upper() for q in queries.captured_queries)
+    assert 'class="toplinks"' not in searched.content.decode()
+    assert 'data-filter-title="due date"' in searched.content.decode()
+    assert 'class="toplinks"' in filtered.content.decode()
+
+
+@pytest.mark.postgres
+def test_a_filtered_list_shows_its_exact_count_where_the_statistics_say_otherwise(
+    client, demo_data
+):
+    # given: a big table whose statistics know nothing of a new category and its 3 tasks
+    seed_analysed(12_000)
+    design = Category.objects.create(name="Murals", slug="murals")
+    for n in range(3):
+        Task.objects.create(title=f"Mural {n}", category=design)
+    client.force_login(staff_in("Member"))
+
+    # when
+    by_category = client.get(TASKS + f"?category__id__exact={design.pk}")
+    blocked = client.get(TASKS + "?status__exact=blocked")
+    searched = client.get(TASKS + "?q=mural")
+
+    # then: each filtered or searched list counts its rows exactly
+    assert by_category.context["cl"].result_count == 3
+    assert "3 tasks" in by_category.content.decode()
+    assert blocked.context["cl"].result_count == Task.objects.filter(status="blocked").count()
+    assert searched.context["cl"].result_count == 3
+    assert "3 results" in searched.content.decode()
+
+
+@pytest.mark.postgres
+def test_a_huge_filtered_result_is_counted_only_up_to_the_bound_then_estimated(
+    client, demo_data, monkeypatch
+):
+    # given: a bound of 1,000 rows (10,000 in production) and a filter matching thousands
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_count_below", 1_000)
+    seed_analysed(12_000)
+    todo = Task.objects.filter(status="todo").count()
+    client.force_login(staff_in("Member"))
+
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(TASKS + "?status__exact=todo")
+
+    # then: the one COUNT stops at the bound, and the page says the total is an estimate
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert len(counts) == 1 and "LIMIT 1001" in counts[0]
+    estimate = response.context["cl"].result_count
+    assert abs(estimate - todo) < todo * 0.2
+    assert f"about {estimate:,} tasks" in response.content.decode()
+
+
+@pytest.mark.postgres
+def test_a_result_too_big_to_count_is_paged_only_through_its_first_rows(
+    client, demo_data, monkeypatch
+):
+    # given: a bound of 1,000 rows (10 pages of 100) and 12,000 tasks, estimated
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_count_below", 1_000)
+    seed_analysed(12_000)
+    client.force_login(staff_in("Member"))
+
+    # when
+    first = client.get(TASKS)
+    last = client.get(TASKS + "?p=10")
+    beyond = client.get(TASKS + "?p=11")
+
+    # then: pages 1-10 are linked and served, page 11 (an OFFSET of 1,000 more rows) is not
+    pages = {int(p) for p in re.findall(r'href="\?p=(\d+)"', first.content.decode())}
+    assert max(pages) == 10
+    assert len(last.context["cl"].result_list) == 100
+    assert beyond.status_code == 302 and "e=1" in beyond.url
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # sqlmigrate of a non-atomic migration
+def test_the_admin_index_migration_builds_and_drops_concurrently():
+    out = StringIO()
+
+    call_command("sqlmigrate", "tasks", "0010_admin_indexes", stdout=out)
+
+    sql = out.getvalue()
+    creates = re.findall(r"CREATE (?:UNIQUE )?INDEX[^;]*", sql)
+    assert len(creates) == 5 and all("CONCURRENTLY" in create for create in creates)
+    assert 'DROP INDEX CONCURRENTLY IF EXISTS "tasks_task_due_date_idx"' in sql
+    assert "BEGIN;" not in sql
+    with connection.cursor() as cursor:  # (sqlmigrate leaves out an extension already there)
+        cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'")
+        assert cursor.fetchone() == (1,)
+
+
+# -- backfill runs -----------------------------------------------------------------------------
+
+
+def test_a_pending_run_no_worker_has_picked_up_says_so_and_what_to_do(client, demo_data):
+    # given: a run enqueued for task workers, and one a worker is carrying out
+    client.force_login(get_user_model().objects.get(username="alice"))
+    waiting = BackfillRun.objects.create(
+        name="tasks.task.priority", status="pending", background=True, origin="admin"
+    )
+    running = BackfillRun.objects.create(
+        name="tasks.task.workspace", status="running", background=True, origin="admin",
+        lease_owner="worker on host-a", heartbeat_at=timezone.now(),
+    )  # fmt: skip
+
+    # when
+    waiting_page = client.get(reverse("admin:backfills_backfillrun_change", args=[waiting.pk]))
+    running_page = client.get(reverse("admin:backfills_backfillrun_change", args=[running.pk]))
+
+    # then
+    notice = waiting_page.content.decode()
+    assert 'id="waiting-for-worker"' in notice
+    assert "No worker has picked this run up yet" in notice
+    assert "manage.py db_worker --queue-name backfill" in notice
+    assert 'id="waiting-for-worker"' not in running_page.content.decode()

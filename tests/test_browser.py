@@ -4,6 +4,7 @@ browser), against a live server and a real task worker (`manage.py db_worker`) o
 Saves a screenshot of the finished run's page to test-artifacts/backfill-run.png.
 """
 
+import datetime
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.db import connections
+from django.utils import timezone
 
 from backfills.models import BackfillRun
 from tasks.models import Task
@@ -169,3 +171,51 @@ def test_an_operator_filters_sorts_and_runs_a_backfill_from_the_admin(
     assert not Task.objects.filter(workspace__isnull=True).exists()
     kinds = set(run.events.values_list("kind", flat=True))
     assert {"created", "enqueued", "processing", "paused", "resumed", "succeeded"} <= kinds
+
+
+def runs_of_every_kind() -> None:
+    """Backfill runs as a busy week leaves them: open and finished ones, from the command (with
+    the longest "started by", a process name), the admin, a migration and task workers."""
+    now = timezone.now()
+    common = {"parameters": {"today": "2026-12-01"}, "rows_estimated": 1_000_000}
+    BackfillRun.objects.create(
+        name="tasks.task.workspace", status="running", rows_done=432_100, batch_size=1_901,
+        rows_per_second=36_731.4, heartbeat_at=now, origin="worker", background=True,
+        started_by="alice", workers=2, **common,
+    )  # fmt: skip
+    BackfillRun.objects.create(
+        name="tasks.task.priority", status="succeeded", rows_done=1_000_000, batch_size=3_577,
+        rows_per_second=65_873.0, heartbeat_at=now - datetime.timedelta(days=2),
+        started_by="command deploy-runner@build-host-01.example.internal pid 48211",
+        finished_at=now - datetime.timedelta(days=2), **common,
+    )  # fmt: skip
+    BackfillRun.objects.create(
+        name="tasks.task.priority", status="failed", rows_done=12_000, batch_size=3_000,
+        origin="migration", started_by="migrate root@app-server-03.example.internal pid 901",
+        last_error="canceling statement due to lock timeout", **common,
+    )  # fmt: skip
+
+
+def test_the_run_list_shows_every_column_in_a_1400_pixel_window(demo_data, live_server, browser):
+    # given: runs of every kind, and the window of a laptop (the fixture's 1,400 px)
+    runs_of_every_kind()
+    page = browser
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/backfills/backfillrun/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "taskproj-demo")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#result_list")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "backfill-runs-1400.png"), full_page=True)
+
+    # then: every column is inside the window, and the table fits its box (no side scroll)
+    width = page.viewport_size["width"]
+    for column in page.locator("#result_list thead th").all():
+        box = column.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, column.inner_text()
+    table = page.evaluate(
+        "() => { const t = document.querySelector('#result_list');"
+        " return [t.scrollWidth, t.parentElement.clientWidth]; }"
+    )
+    assert table[0] <= table[1]

@@ -41,13 +41,13 @@ def test_the_steps_come_in_the_runbooks_order_with_both_rollouts(demo):
     headers = re.findall(r"^== (\d)\. ", demo, re.MULTILINE)
     steps = re.findall(r"^   (\d[a-d])\. ", demo, re.MULTILINE)
 
-    assert headers == ["1", "2", "3", "4", "5"]
+    assert headers == ["1", "2", "3", "4", "5", "6"]
     assert steps == ["3a", "3b", "3c", "3d", "4a", "4b", "4c", "4d"]
     commands = re.findall(r"^   \$ manage\.py (.+)$", demo, re.MULTILINE)
     migrations = [c.split()[2] for c in commands if c.startswith("migrate tasks ")]
     assert migrations == [
         "0001_initial", "0002_priority_expand", "0005_priority_index", "0006_workspaces",
-        "0007_workspace_expand",
+        "0007_workspace_expand", "0009_workspace_contract",
     ]  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def test_commands_are_shown_as_typed_and_every_step_is_named(demo):
     assert "reference date" in demo.split("$ manage.py backfill_priority --dry-run")[0]
     # Every app is migrated in step 1: nothing but tasks is applied later.
     later = demo.split("== 2.")[1]
-    assert re.findall(r"Applying (\w+)\.", later) == ["tasks"] * 8
+    assert re.findall(r"Applying (\w+)\.", later) == ["tasks"] * 9
 
 
 def test_the_summary_and_the_status_give_the_same_rate(demo):
