@@ -19,6 +19,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.db.models.expressions import RawSQL
+from django.utils import timezone
 
 from backfills import health as backfill_health
 from backfills.engine import Backfill, BatchPolicy, run_backfill
@@ -346,7 +347,7 @@ def test_a_database_restart_mid_run_stops_the_command_and_the_run_resumes(expand
     seed_legacy(5_000)
     process = manage(
         "backfill_priority", "--batch-size=100", "--target-batch-ms=0", "--sleep=0.02",
-        "--no-progress",
+        "--no-progress", env={"BACKFILL_LEASE_SECONDS": "2"},
     )  # fmt: skip
     wait_until(lambda: (run_row() or BackfillRun()).rows_done >= 1_000, what="progress")
 
@@ -361,7 +362,9 @@ def test_a_database_restart_mid_run_stops_the_command_and_the_run_resumes(expand
     run = run_row()
     assert 1_000 <= run.rows_done == Task.objects.filter(priority__isnull=False).count() < 5_000
 
-    # when: run again
+    # when: run again once its lease has lapsed (the server was down when it stopped, so it
+    # could not give the lease up: the lease is the only proof that it is gone)
+    wait_until(lambda: run_row().lease_expires_at < timezone.now(), what="the lease to lapse")
     call_command(
         "backfill_priority", batch_size=100, target_batch_ms=0, no_progress=True, stdout=StringIO()
     )
