@@ -16,8 +16,14 @@ LINT_URL ?= postgres://root@127.0.0.1:5432/postgres
 DEMO_TASKS ?= 20000
 DEMO := DATABASE_URL=sqlite:///$(DEMO_DB) $(PY) manage.py
 PYTEST_ARGS ?=
+# `make test-django6`: the suite on the newest Django 6 under Python 3.12, in a venv of its own
+# (`make test` stays on .venv: Python 3.11, Django 5.2 LTS). python3.12 if it runs, else pyenv's.
+PYTHON_DJANGO6 ?= $(shell { python3.12 -c "" 2>/dev/null && command -v python3.12; } || ls -d "$$(pyenv root 2>/dev/null || echo $${PYENV_ROOT:-$$HOME/.pyenv})"/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -n 1)
+VENV_DJANGO6 := .venv-dj6
+PY_DJANGO6 := $(VENV_DJANGO6)/bin/python
+STAMP_DJANGO6 := $(VENV_DJANGO6)/.installed
 
-.PHONY: install demo test test-sqlite test-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal bench-adaptive clean
+.PHONY: install demo test test-sqlite test-postgres test-django6 test-django6-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal bench-adaptive clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +98,21 @@ test-sqlite: $(STAMP)
 test-postgres: $(STAMP)
 	DATABASE_URL=$(POSTGRES_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
+$(STAMP_DJANGO6): pyproject.toml
+	@test -n "$(PYTHON_DJANGO6)" || { echo "No Python 3.12 found: set PYTHON_DJANGO6=/path/to/python3.12" >&2; exit 1; }
+	$(PYTHON_DJANGO6) -m venv $(VENV_DJANGO6)
+	$(PY_DJANGO6) -m pip install --quiet --upgrade pip
+	$(PY_DJANGO6) -m pip install --quiet -e '.[dev]' 'Django>=6'
+	touch $(STAMP_DJANGO6)
+
+test-django6: $(STAMP_DJANGO6)
+	@$(PY_DJANGO6) -c 'import django, sys; print(f"Django {django.get_version()} on Python {sys.version.split()[0]}")'
+	DATABASE_URL=$(SQLITE_URL) $(PY_DJANGO6) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(SQLITE_URL) $(PY_DJANGO6) manage.py makemigrations --check --dry-run
+
+test-django6-postgres: $(STAMP_DJANGO6)
+	DATABASE_URL=$(POSTGRES_URL) $(PY_DJANGO6) -m pytest $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -114,4 +135,4 @@ bench-adaptive: $(STAMP)
 	$(PY) benchmarks/adaptive.py
 
 clean:
-	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_DJANGO6) db.sqlite3 db.sqlite3-wal db.sqlite3-shm .pytest_cache .ruff_cache

@@ -4,8 +4,10 @@ SQLite is the embedded default; a ``postgres://`` DATABASE_URL selects PostgreSQ
 """
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
+import django
 from django.core.exceptions import ImproperlyConfigured
 
 from taskproj.database_url import database_from_url
@@ -65,6 +67,20 @@ if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
+# Django's task framework: Django 6 ships it (django.tasks, no app to install); on Django 5.2 it
+# is the django-tasks backport, an app of its own, installed with it (pyproject.toml). The same
+# test as django-tasks-db's and backfills.workers': django.tasks first, wherever both exist.
+if find_spec("django.tasks") is not None:
+    TASK_FRAMEWORK_APPS = []
+elif find_spec("django_tasks") is not None:
+    TASK_FRAMEWORK_APPS = ["django_tasks"]
+else:
+    raise ImproperlyConfigured(
+        f"Django {django.get_version()} has no django.tasks and the django-tasks backport is not "
+        "installed: install taskproj with its django52 extra (pip install -e '.[django52]'), or "
+        "Django 6 on Python 3.12+."
+    )
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -74,9 +90,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     # PostgreSQL's indexes and extensions in migrations (the admin's trigram search index).
     "django.contrib.postgres",
-    # Django's task framework (the django-tasks backport on Django 5.2; django.tasks from
-    # Django 6 on) with the database backend: backfill NAME --background, db_worker.
-    "django_tasks",
+    # Django's task framework with its database backend: backfill NAME --background, db_worker.
+    *TASK_FRAMEWORK_APPS,
     "django_tasks_db",
     # Schema changes without long locks: migrate, safe operations, lint, rehearse.
     "migration_safety",

@@ -90,6 +90,26 @@ def test_check_deploy_passes_with_production_like_variables(extra):
     assert "System check identified no issues (0 silenced)." in result.stdout
 
 
+def test_without_a_task_framework_manage_py_says_what_to_install():
+    # given: Django 5.2 on a Python where pip did not bring the django-tasks backport (neither
+    # django.tasks nor django_tasks can be imported)
+    code = (
+        "import runpy, sys; sys.modules['django.tasks'] = sys.modules['django_tasks'] = None; "
+        "sys.argv = ['manage.py', 'check']; runpy.run_path('manage.py', run_name='__main__')"
+    )
+
+    # when
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=os.environ, capture_output=True, text=True
+    )
+
+    # then: one line naming the extra that brings it, no traceback
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "has no django.tasks and the django-tasks backport is not installed" in result.stderr
+    assert "pip install -e '.[django52]'" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("1", True), ("true", True), ("Yes", True), ("on", True), ("0", False), ("false", False)],
