@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 # WAL message it receives and every wal_receiver_status_interval (10 s by default) otherwise.
 STANDBYS_SQL = (
     "SELECT application_name, state, EXTRACT(EPOCH FROM replay_lag)::float, "
-    "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, current_user "
+    # On a standby (its own cascaded standbys) there is no current WAL position to compare.
+    "CASE WHEN NOT pg_is_in_recovery() "
+    "THEN pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint END, current_user "
     "FROM pg_stat_replication WHERE state IS DISTINCT FROM 'backup' ORDER BY application_name"
 )
 
@@ -81,9 +83,10 @@ def unmeasurable_message(unreadable: Iterable[Standby]) -> str:
     unreadable = list(unreadable)
     names = ", ".join(repr(standby.name) for standby in unreadable)
     role = unreadable[0].role
+    which = f"standby {names} streams" if len(unreadable) == 1 else f"standbys {names} stream"
     return (
-        f"Cannot measure replication lag: standby {names} streams from this server, but role "
-        f"{role!r} cannot read its lag (pg_stat_replication shows it only to roles with "
+        f"Cannot measure replication lag: {which} from this server, but role {role!r} cannot "
+        "read how far behind (pg_stat_replication shows it only to roles with "
         f'pg_read_all_stats). Grant it (GRANT pg_read_all_stats TO "{role}";), or name the '
         "standby in BACKFILL_IGNORE_STANDBYS, or set BACKFILL_ALLOW_UNMEASURED_LAG=true to run "
         "without waiting for it."
