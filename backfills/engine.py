@@ -97,6 +97,9 @@ class BatchPolicy:
     max_batch_size: int = 50_000
     # Stop after this many seconds (a worker's slice); the run stays open. None: no limit.
     max_seconds: float | None = None
+    # Stop after backing off this long without a batch in between (the health check stays
+    # unhealthy: a standby that does not catch up); the run stays open. None: no limit.
+    max_throttle_seconds: float | None = None
     # Server processes a scan for pending rows may use (PostgreSQL parallel query): 1 keeps
     # it on one core, as the batches are; a parallel run grants its scans as many processes
     # as it has workers.
@@ -184,7 +187,8 @@ class BackfillResult:
     batches: int = 0
     seconds: float = 0.0
     # Why the call returned: "finished", "paused", "cancelled", "max batches", "time budget",
-    # or "rows keep arriving" (the run stays open for the next call).
+    # "throttled" (backed off for policy.max_throttle_seconds), or "rows keep arriving" (the
+    # run stays open for the next call).
     stopped: str = ""
 
     @property
@@ -280,7 +284,8 @@ def run_backfill(
     Before each batch it reads the checkpoint's control ("pause" and "cancel" return at once,
     so operators are obeyed within one batch), and asks ``health`` whether to back off. With
     ``policy.target_batch_ms`` the batch size follows the measured batch time
-    (:class:`BatchSizer`); ``policy.max_batches`` and ``policy.max_seconds`` bound one call.
+    (:class:`BatchSizer`); ``policy.max_batches`` and ``policy.max_seconds`` bound one call, and
+    ``policy.max_throttle_seconds`` one uninterrupted back-off.
 
     When the walk reaches the end it looks for the first pending row: one whose transaction
     committed after the walk had passed its key (ids are handed out at INSERT, rows become
@@ -303,6 +308,7 @@ def run_backfill(
     started = time.perf_counter()
     sizer = policy.sizer()
     passes = 1
+    throttled_since: float | None = None  # when the current back-off began
     if checkpoint.last_key is None:
         # A new run starts just before the first row that needs it. After an earlier run, the
         # rows left are those inserted since, at the end of the key range: walking up to them
@@ -348,8 +354,16 @@ def run_backfill(
         reason = health.between_batches(using=using) if health is not None else None
         if reason is not None:
             checkpoint.record_throttle(reason)
+            throttled_since = throttled_since or time.monotonic()
+            if (
+                policy.max_throttle_seconds is not None
+                and time.monotonic() - throttled_since >= policy.max_throttle_seconds
+            ):
+                result.stopped = "throttled"
+                break
             wait(health.backoff_seconds)
             continue
+        throttled_since = None
         attempt = 0
         batch_started = time.perf_counter()
         batch_size = sizer.size

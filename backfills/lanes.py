@@ -107,7 +107,8 @@ def run_lanes(
     A lane is finished when its walk reaches its end: rows committed behind the walks are the
     caller's to look for, once for all lanes.
 
-    The result is finished when every lane is; "paused" or "cancelled" when a lane saw that.
+    The result is finished when every lane is; "paused", "cancelled" or "throttled" when a lane
+    saw that.
     Each lane's checkpoint decides what its success and cancellation mean for the run.
     """
     lock = threading.Lock()
@@ -214,7 +215,7 @@ def run_lanes(
         batches=batches,
         seconds=time.perf_counter() - started,
     )
-    reasons = ("cancelled", "paused", "time budget")
+    reasons = ("cancelled", "paused", "throttled", "time budget")
     if len(results) == len(lanes) and stopped <= {"finished"}:
         total.stopped = "finished"
     elif budget_spent() and not stopped & {"cancelled", "paused"}:

@@ -196,11 +196,13 @@ def start_on_workers(
 
     Raises RunStateError when there is nothing to start (or the column is not there yet),
     ValueError when ``workers`` cannot work on this database, BackfillNotReady when a new run's
-    parameters cannot be fixed, ImproperlyConfigured when the workers' health settings are bad.
+    parameters cannot be fixed, ImproperlyConfigured when the workers' health settings are bad
+    (:class:`~backfills.health.LagUnmeasurable` when the standbys' lag cannot be read).
     """
     model = definition.model_class()
     check_workers(workers, using=using, model=model, key=definition.key)
-    DatabaseHealth.from_settings(model)  # the workers read the same settings
+    # The workers read the same settings; they must be able to measure the standbys' lag.
+    DatabaseHealth.from_settings(model).check_standbys(using=using)
     state = column_of(definition, using=using)
     if state == "missing":
         raise RunStateError(missing_column_message(definition, using=using))

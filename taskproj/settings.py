@@ -225,5 +225,13 @@ BACKFILL_WORKERS = env_int("BACKFILL_WORKERS", 1)
 # Health throttling: back off this long when a signal trips.
 BACKFILL_BACKOFF_SECONDS = env_float("BACKFILL_BACKOFF_SECONDS", 5.0)
 BACKFILL_MAX_REPLICATION_LAG_SECONDS = env_float("BACKFILL_MAX_REPLICATION_LAG_SECONDS", 10.0)
+# Replicas (docs/zero-downtime.md, "Replicas"): standbys whose lag is not waited for, by
+# application_name (a delayed standby never catches up); and whether to run when the role
+# cannot read the standbys' lag (no pg_read_all_stats) instead of refusing to start.
+BACKFILL_IGNORE_STANDBYS = env_list("BACKFILL_IGNORE_STANDBYS", [])
+BACKFILL_ALLOW_UNMEASURED_LAG = env_bool("BACKFILL_ALLOW_UNMEASURED_LAG", default=False)
+# A backfill command backing off for this long without a batch stops, its checkpoint kept
+# (backfill --max-throttle; 0: wait as long as it takes).
+BACKFILL_MAX_THROTTLE_SECONDS = env_float("BACKFILL_MAX_THROTTLE_SECONDS", 600.0)
 # Dotted path of a callable(database_alias) -> reason to wait, or None; empty for none.
 BACKFILL_HEALTH_CHECK = os.environ.get("BACKFILL_HEALTH_CHECK", "")

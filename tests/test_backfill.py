@@ -260,6 +260,8 @@ BAD_ARGUMENTS = [
     ({"max_retries": "101"}, "--max-retries must be at most 100"),
     ({"target_batch_ms": "fast"}, "--target-batch-ms must be a number"),
     ({"target_batch_ms": "-60"}, "--target-batch-ms must be at least 0"),
+    ({"max_throttle": "-1"}, "--max-throttle must be at least 0"),
+    ({"max_throttle": "long"}, "--max-throttle must be a number"),
     ({"database": "replica"}, "Unknown database 'replica'"),
     ({"workers": "0"}, "--workers must be at least 1"),
     ({"workers": "17"}, "--workers must be at most 16"),
@@ -585,6 +587,37 @@ def test_a_user_health_check_makes_the_backfill_wait_and_is_logged(expand_step, 
     throttles = list(run.events.filter(kind="throttled").values_list("message", flat=True))
     assert throttles == ["health check: nightly report running"]
     assert a_busy_check.calls >= 3 and run.status == "succeeded" and run.throttle_reason == ""
+
+
+def an_always_busy_check(using: str) -> str | None:
+    """A user health check that never clears: a replica that never catches up, say."""
+    return "nightly report running"
+
+
+def test_a_run_backing_off_longer_than_max_throttle_stops_and_resumes_later(expand_step, settings):
+    # given: a health check that never clears
+    settings.BACKFILL_HEALTH_CHECK = "tests.test_backfill.an_always_busy_check"
+    settings.BACKFILL_BACKOFF_SECONDS = 0.05
+    legacy_tasks(12)
+
+    # when: the command may back off for 0.2 s at most
+    with pytest.raises(CommandError) as stopped:
+        backfill(batch_size=5, max_throttle="0.2")
+
+    # then: it says why and how to resume; the run stays open with nothing written
+    message = str(stopped.value)
+    assert "stopped after backing off for 0.2 s without a batch: health check: nightly" in message
+    assert "Run the command again to resume" in message
+    run = BackfillRun.objects.get()
+    assert run.is_open and run.rows_done == 0 and run.lease_owner == "" and nulls() == 12
+
+    # when: the check clears, the command runs again
+    settings.BACKFILL_HEALTH_CHECK = ""
+    backfill(batch_size=5)
+
+    # then: the same run finishes
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.rows_done == 12 and nulls() == 0
 
 
 def test_a_health_check_path_that_does_not_import_is_a_clear_error(expand_step, settings):

@@ -1,7 +1,7 @@
 """Operating a backfill on real PostgreSQL: steering a running process from another one, health
-signals produced for real (a vacuum, sessions queued on the batch's locks) or faked at the
-query boundary (replication lag, which one machine cannot produce), workers killed mid-batch
-and a database restart mid-run."""
+signals produced for real (a vacuum, sessions queued on the batch's locks; replication lag is
+tests/test_replicas.py's, on a scratch primary and standby), workers killed mid-batch and a
+database restart mid-run."""
 
 import datetime
 import os
@@ -163,27 +163,6 @@ def test_a_running_command_obeys_pause_resume_and_cancel_from_another_process(ex
 
 
 # -- health signals -------------------------------------------------------------------------
-
-
-def test_a_replication_lag_over_the_limit_makes_the_backfill_wait(expand_step, monkeypatch):
-    # given: one machine has no replica, so the lag is faked where it is read: 42 s twice
-    seed_legacy(30)
-    lags = iter([42.0, 42.0])
-    monkeypatch.setattr(
-        backfill_health, "replication_lag_seconds", lambda *, using: next(lags, None)
-    )
-    health = DatabaseHealth(model=Task, max_replication_lag_seconds=10, backoff_seconds=0.2)
-    started = time.monotonic()
-
-    # when
-    fill(PRIORITY, using="default", policy=BatchPolicy(batch_size=10), health=health)
-
-    # then: two waits, one event (the reason did not change), then the work
-    run = run_row()
-    assert time.monotonic() - started >= 0.4
-    assert run.status == "succeeded" and not Task.objects.filter(PRIORITY.pending).exists()
-    throttles = [message for kind, message in events(run) if kind == "throttled"]
-    assert throttles == ["replication lag 42.0 s is over 10 s"]
 
 
 def test_a_vacuum_running_on_the_table_makes_the_backfill_wait(expand_step):

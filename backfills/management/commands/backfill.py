@@ -135,6 +135,13 @@ class Command(CheckedCommand):
             f"{settings.BACKFILL_TARGET_BATCH_MS:g}).",
         )
         parser.add_argument(
+            "--max-throttle",
+            default=None,
+            help="Stop, keeping the checkpoint, after backing off this many seconds without a "
+            "batch (a replica that does not catch up); 0 waits as long as it takes (default: "
+            f"BACKFILL_MAX_THROTTLE_SECONDS, {settings.BACKFILL_MAX_THROTTLE_SECONDS:g}).",
+        )
+        parser.add_argument(
             "--workers",
             default=None,
             help=f"Connections that fill rows in parallel, 1 to {MAX_WORKERS}, each walking its "
@@ -238,6 +245,14 @@ class Command(CheckedCommand):
                 self.enqueue(definition, using=using, restart=options["restart"], workers=workers)
                 return
             health = DatabaseHealth.from_settings(definition.model_class())
+            for standby in health.check_standbys(using=using):
+                self.stderr.write(
+                    self.style.WARNING(
+                        f"Replication lag of standby {standby.name!r} is not measured (role "
+                        f"{standby.role!r} lacks pg_read_all_stats; BACKFILL_ALLOW_UNMEASURED_LAG "
+                        "is on): this run will not wait for it."
+                    )
+                )
         except (ImproperlyConfigured, BackfillNotReady) as exc:
             raise CommandError(str(exc)) from exc
 
@@ -308,6 +323,14 @@ class Command(CheckedCommand):
                 "checkpointed; once the database is reachable, run the command again to resume."
             ) from exc
 
+        if result.stopped == "throttled":
+            raise CommandError(
+                f"Run #{run.pk} stopped after backing off for {policy.max_throttle_seconds:g} s "
+                f"without a batch: {run.throttle_reason}. Its checkpoint is kept "
+                f"({run.rows_done:,} rows done). Run the command again to resume once that has "
+                "cleared; a delayed standby can be left out with BACKFILL_IGNORE_STANDBYS, and "
+                "--max-throttle waits longer."
+            )
         if verbosity < 1:
             return
         if run is None:
@@ -388,6 +411,12 @@ class Command(CheckedCommand):
         """Check every numeric option; nothing is read or written before this passes."""
         max_batches = options["max_batches"]
         target = options["target_batch_ms"]
+        max_throttle = options["max_throttle"]
+        max_throttle = self.float_option(
+            "max_throttle",
+            settings.BACKFILL_MAX_THROTTLE_SECONDS if max_throttle is None else max_throttle,
+            minimum=0,
+        )
         target = self.float_option(
             "target_batch_ms",
             settings.BACKFILL_TARGET_BATCH_MS if target is None else target,
@@ -395,6 +424,7 @@ class Command(CheckedCommand):
         )
         return BatchPolicy(
             target_batch_ms=target or None,
+            max_throttle_seconds=max_throttle or None,
             batch_size=self.int_option(
                 "batch_size", options["batch_size"], minimum=1, maximum=MAX_BATCH_SIZE
             ),
