@@ -1,0 +1,270 @@
+"""Behind PgBouncer in transaction mode (``DATABASE_POOLING=transaction``): ``migrate`` runs both
+rollouts with other clients in the same pool, refuses a concurrent migrate, and its lock dies
+with it; the backfill runs with one and two workers, and a second backfill is refused, never
+taking over the live lease. After each process ends the server is checked directly: no advisory
+lock held, and on every pooled server connection the timeouts are the server's defaults.
+
+The pooler is one of its own (tests/pgbouncer.py) in front of the test server, each test on a
+scratch database of its own. The commands run as ``manage.py`` processes through the pooler.
+Without pgbouncer the module is skipped with the reason; under CI=true that fails the run.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from tests.helpers import unavailable_here, wait_until, workspace_expand_step
+from tests.pgbouncer import Pooler, PoolerUnavailable, pgbouncer
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = 400
+# What a process could leave on a server connection; each must be the server's default.
+SESSION_SETTINGS = (
+    "lock_timeout",
+    "statement_timeout",
+    "idle_in_transaction_session_timeout",
+    "synchronous_commit",
+)
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def pooler() -> Iterator[Pooler]:
+    server = settings.DATABASES["default"]
+    try:
+        with pgbouncer(
+            server_host=server.get("HOST") or "127.0.0.1",
+            server_port=int(server.get("PORT") or 5432),
+            user=server.get("USER") or "postgres",
+        ) as running:
+            yield running
+    except PoolerUnavailable as exc:
+        unavailable_here(str(exc), "the pooler tests")
+
+
+@pytest.fixture
+def database(pooler: Pooler) -> Iterator[str]:
+    """A scratch database of this test's own, reached through the pooler."""
+    name = f"{settings.DATABASES['default']['NAME']}_pgbouncer"
+    with pooler.server() as server:
+        server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        server.execute(f"CREATE DATABASE {name}")
+    yield name
+    with pooler.server() as server:
+        server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def manage(pooler: Pooler, database: str, *args: str, **env: str) -> tuple[list, dict]:
+    """The command line and environment of ``manage.py args`` through the pooler."""
+    return [sys.executable, "manage.py", *args], {
+        **os.environ,
+        "DATABASE_URL": pooler.url(database),
+        "DATABASE_POOLING": "transaction",
+        **env,
+    }
+
+
+def run_manage(pooler: Pooler, database: str, *args: str, **env: str):
+    command, environment = manage(pooler, database, *args, **env)
+    return subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+
+
+def start_manage(pooler: Pooler, database: str, *args: str, **env: str) -> subprocess.Popen:
+    command, environment = manage(pooler, database, *args, **env)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def assert_nothing_left(pooler: Pooler, database: str) -> None:
+    """No advisory lock on the database, and the server's defaults on every pooled
+    server connection."""
+    assert pooler.advisory_locks(database) == []
+    with pooler.server(database) as server:
+        defaults = tuple(server.execute(f"SHOW {name}").fetchone()[0] for name in SESSION_SETTINGS)
+    for _ in range(3):  # a pooled connection may be idle on any of these rounds
+        seen = pooler.pooled_settings(database, SESSION_SETTINGS)
+        assert seen == [defaults] * len(seen)
+
+
+class Traffic:
+    """Other clients of the same pool, querying in a loop until stopped: each error kept."""
+
+    def __init__(self, pooler: Pooler, database: str, clients: int = 2) -> None:
+        self.errors: list[str] = []
+        self.queries = 0
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self.client, args=(pooler, database)) for _ in range(clients)
+        ]
+
+    def client(self, pooler: Pooler, database: str) -> None:
+        with pooler.connect(database, autocommit=True) as client:
+            while not self.stop.is_set():
+                try:
+                    client.execute("SELECT pg_sleep(0.02), count(*) FROM pg_class")
+                    self.queries += 1
+                except psycopg.Error as exc:
+                    self.errors.append(str(exc))
+
+    def __enter__(self) -> "Traffic":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def test_migrate_runs_both_rollouts_with_traffic_in_the_pool_and_leaves_nothing_behind(
+    pooler, database
+):
+    # when: every migration, from an empty database, with other clients in the pool
+    with Traffic(pooler, database) as traffic:
+        done = run_manage(pooler, database, "migrate", "--verbosity", "0")
+    assert done.returncode == 0, done.stderr
+    assert_nothing_left(pooler, database)
+    assert traffic.queries > 0 and traffic.errors == []
+
+    # then: the next migrate is not refused (nothing of the first is left on the pool)
+    for _ in range(2):
+        again = run_manage(pooler, database, "migrate")
+        assert again.returncode == 0, again.stderr
+        assert "No migrations to apply" in again.stdout
+    assert_nothing_left(pooler, database)
+
+
+def test_a_concurrent_migrate_is_refused_and_the_lock_ends_with_the_process(pooler, database):
+    # given: a migrate that keeps retrying, its lock on django_migrations not granted
+    assert (
+        run_manage(pooler, database, "migrate", "contenttypes", "--verbosity", "0").returncode == 0
+    )
+    with pooler.server(database) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE django_migrations IN ACCESS EXCLUSIVE MODE")
+        first = start_manage(
+            pooler, database, "migrate",
+            MIGRATION_LOCK_TIMEOUT_MS="200", MIGRATION_LOCK_RETRIES="50",
+            MIGRATION_RETRY_MIN_WAIT_MS="100", MIGRATION_RETRY_MAX_WAIT_MS="200",
+        )  # fmt: skip
+        try:
+            wait_until(
+                lambda: any(granted for _, _, granted, *_ in pooler.advisory_locks(database)),
+                what="the first migrate's lock",
+            )
+
+            # when: a second migrate starts
+            second = run_manage(pooler, database, "migrate")
+
+            # then: it is refused, in one line
+            assert second.returncode == 1
+            assert second.stderr.strip().splitlines() == [
+                "CommandError: Another manage.py migrate is running on database 'default'; "
+                "wait for it."
+            ]
+
+            # when: the first one dies, its lock goes with it (the pooler ends its transaction)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            # (it had been giving up after its lock_timeout, and retrying, all along)
+            assert "Migration lock not granted within lock_timeout" in first.stderr.read()
+            wait_until(lambda: pooler.advisory_locks(database) == [], what="the lock to go")
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+        blocker.execute("ROLLBACK")
+
+    # then: the next migrate runs to the end
+    done = run_manage(pooler, database, "migrate", "--verbosity", "0")
+    assert done.returncode == 0, done.stderr
+    assert_nothing_left(pooler, database)
+
+
+@pytest.fixture
+def expand_step(pooler, database) -> str:
+    """The database at the workspace rollout's expand step, seeded with rows to backfill."""
+    for args in workspace_expand_step(ROWS):
+        done = run_manage(pooler, database, *args)
+        assert done.returncode == 0, done.stderr
+    return database
+
+
+def pending(pooler: Pooler, database: str) -> int:
+    with pooler.server(database) as server:
+        return server.execute(
+            "SELECT count(*) FROM tasks_task WHERE workspace_id IS NULL"
+        ).fetchone()[0]
+
+
+def events(pooler: Pooler, database: str) -> list[str]:
+    with pooler.server(database) as server:
+        return [kind for (kind,) in server.execute("SELECT kind FROM backfills_backfillrunevent")]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_backfill_runs_to_its_end_through_the_pooler(pooler, expand_step, workers):
+    # when
+    with Traffic(pooler, expand_step) as traffic:
+        done = run_manage(
+            pooler, expand_step, "backfill", "tasks.task.workspace", "--batch-size", "25",
+            "--workers", workers, "--no-progress",
+        )  # fmt: skip
+
+    # then
+    assert done.returncode == 0, done.stderr
+    assert pending(pooler, expand_step) == 0
+    assert "taken over" not in events(pooler, expand_step)
+    assert_nothing_left(pooler, expand_step)
+    assert traffic.errors == []
+
+
+def test_a_second_backfill_is_refused_and_never_takes_the_live_lease(pooler, expand_step):
+    # given: a backfill working, batch by batch
+    first = start_manage(
+        pooler, expand_step, "backfill", "tasks.task.workspace", "--batch-size", "10",
+        "--sleep", "0.1", "--no-progress",
+    )  # fmt: skip
+    try:
+        wait_until(lambda: pending(pooler, expand_step) < ROWS, what="the first batch")
+
+        # when
+        second = run_manage(pooler, expand_step, "backfill", "tasks.task.workspace")
+
+        # then: refused in one line; the first carries on to its end, never taken over
+        assert second.returncode == 1
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert "is being processed by" in second.stderr
+        assert first.wait(timeout=240) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert pending(pooler, expand_step) == 0
+    assert "taken over" not in events(pooler, expand_step)
+    assert_nothing_left(pooler, expand_step)
+
+
+def test_dumpdata_reads_every_row_through_the_pooler(pooler, expand_step):
+    # when: with other clients in the pool (a server-side cursor's next fetch would go to
+    # another server connection, where the cursor does not exist)
+    with Traffic(pooler, expand_step, clients=3):
+        done = run_manage(pooler, expand_step, "dumpdata", "tasks.task", "--format", "jsonl")
+
+    # then
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == ROWS
+    assert_nothing_left(pooler, expand_step)
