@@ -268,3 +268,72 @@ def test_dumpdata_reads_every_row_through_the_pooler(pooler, expand_step):
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == ROWS
     assert_nothing_left(pooler, expand_step)
+
+
+def steer(pooler: Pooler, database: str, action: str) -> None:
+    """Pause or resume the open run, as the admin does, in a process of its own."""
+    done = run_manage(
+        pooler, database, "shell", "-c",
+        f"from backfills.controls import {action}_run; from backfills.models import BackfillRun; "
+        f"{action}_run(BackfillRun.objects.get(), using='default', actor='test', origin='admin')",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def run_status(pooler: Pooler, database: str) -> str:
+    with pooler.server(database) as server:
+        return server.execute("SELECT status FROM backfills_backfillrun").fetchone()[0]
+
+
+def test_a_paused_backfill_waits_and_carries_on_when_resumed_through_the_pooler(
+    pooler, expand_step
+):
+    # given: a backfill working, batch by batch
+    filling = start_manage(
+        pooler, expand_step, "backfill", "tasks.task.workspace", "--batch-size", "10",
+        "--sleep", "0.1", "--no-progress",
+    )  # fmt: skip
+    try:
+        wait_until(lambda: pending(pooler, expand_step) < ROWS, what="the first batch")
+
+        # when: paused, it stops filling and waits (its lease kept live, never taken over)
+        steer(pooler, expand_step, "pause")
+        paused_at = pending(pooler, expand_step)
+        wait_until(lambda: filling.poll() is None and run_status(pooler, expand_step) == "paused")
+        assert pending(pooler, expand_step) >= paused_at - 10  # at most the batch in flight
+        still = pending(pooler, expand_step)
+        assert_nothing_left(pooler, expand_step)
+        assert pending(pooler, expand_step) == still > 0
+
+        # then: resumed, it fills to its end
+        steer(pooler, expand_step, "resume")
+        assert filling.wait(timeout=240) == 0, filling.stderr.read()
+    finally:
+        if filling.poll() is None:
+            filling.kill()
+            filling.wait()
+    assert pending(pooler, expand_step) == 0
+    assert "taken over" not in events(pooler, expand_step)
+    assert_nothing_left(pooler, expand_step)
+
+
+def test_a_background_run_is_carried_out_by_a_worker_through_the_pooler(pooler, expand_step):
+    # given: the task tables, and a run queued for workers
+    tables = run_manage(pooler, expand_step, "migrate", "django_tasks_database", "--verbosity", "0")
+    assert tables.returncode == 0, tables.stderr
+    queued = run_manage(pooler, expand_step, "backfill", "tasks.task.workspace", "--background")
+    assert queued.returncode == 0, queued.stderr
+
+    # when: a worker takes the queue until it is empty
+    with Traffic(pooler, expand_step) as traffic:
+        done = run_manage(
+            pooler, expand_step, "db_worker", "--queue-name", "backfill", "--batch",
+            "--no-reload", "--no-startup-delay",
+        )  # fmt: skip
+
+    # then
+    assert done.returncode == 0, done.stderr
+    assert pending(pooler, expand_step) == 0 and run_status(pooler, expand_step) == "succeeded"
+    assert "taken over" not in events(pooler, expand_step)
+    assert_nothing_left(pooler, expand_step)
+    assert traffic.errors == []
