@@ -9,6 +9,7 @@ scratch database of its own. The commands run as ``manage.py`` processes through
 Without pgbouncer the module is skipped with the reason; under CI=true that fails the run.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -36,8 +37,9 @@ SESSION_SETTINGS = (
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pooler() -> Iterator[Pooler]:
+    """A pooler of this test's own (it starts in a moment): no test inherits another's pool."""
     server = settings.DATABASES["default"]
     try:
         with pgbouncer(
@@ -232,15 +234,34 @@ def test_the_backfill_runs_to_its_end_through_the_pooler(pooler, expand_step, wo
     assert traffic.errors == []
 
 
-def test_a_second_backfill_is_refused_and_never_takes_the_live_lease(pooler, expand_step):
-    # given: a backfill working, batch by batch
-    first = start_manage(
-        pooler, expand_step, "backfill", "tasks.task.workspace", "--batch-size", "10",
-        "--sleep", "0.1", "--no-progress",
+@contextlib.contextmanager
+def backfilling(pooler: Pooler, database: str) -> Iterator[subprocess.Popen]:
+    """A backfill process working batch by batch, once its first batch is in; killed on exit
+    if it is still running."""
+    process = start_manage(
+        pooler, database, "backfill", "tasks.task.workspace", "--batch-size", "10",
+        "--sleep", "0.3", "--no-progress",
     )  # fmt: skip
     try:
-        wait_until(lambda: pending(pooler, expand_step) < ROWS, what="the first batch")
+        wait_until(lambda: pending(pooler, database) < ROWS, what="the first batch")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
+
+def assert_filled_alone(pooler: Pooler, database: str, process: subprocess.Popen) -> None:
+    """The backfill ran to its end, its lease never taken over, and left the pool clean."""
+    assert process.wait(timeout=240) == 0, process.stderr.read()
+    assert pending(pooler, database) == 0
+    assert "taken over" not in events(pooler, database)
+    assert_nothing_left(pooler, database)
+
+
+def test_a_second_backfill_is_refused_and_never_takes_the_live_lease(pooler, expand_step):
+    # given: a backfill working
+    with backfilling(pooler, expand_step) as first:
         # when
         second = run_manage(pooler, expand_step, "backfill", "tasks.task.workspace")
 
@@ -248,14 +269,7 @@ def test_a_second_backfill_is_refused_and_never_takes_the_live_lease(pooler, exp
         assert second.returncode == 1
         assert len(second.stderr.strip().splitlines()) == 1
         assert "is being processed by" in second.stderr
-        assert first.wait(timeout=240) == 0, first.stderr.read()
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    assert pending(pooler, expand_step) == 0
-    assert "taken over" not in events(pooler, expand_step)
-    assert_nothing_left(pooler, expand_step)
+        assert_filled_alone(pooler, expand_step, first)
 
 
 def test_dumpdata_reads_every_row_through_the_pooler(pooler, expand_step):
@@ -288,14 +302,8 @@ def run_status(pooler: Pooler, database: str) -> str:
 def test_a_paused_backfill_waits_and_carries_on_when_resumed_through_the_pooler(
     pooler, expand_step
 ):
-    # given: a backfill working, batch by batch
-    filling = start_manage(
-        pooler, expand_step, "backfill", "tasks.task.workspace", "--batch-size", "10",
-        "--sleep", "0.1", "--no-progress",
-    )  # fmt: skip
-    try:
-        wait_until(lambda: pending(pooler, expand_step) < ROWS, what="the first batch")
-
+    # given: a backfill working
+    with backfilling(pooler, expand_step) as filling:
         # when: paused, it stops filling and waits (its lease kept live, never taken over)
         steer(pooler, expand_step, "pause")
         paused_at = pending(pooler, expand_step)
@@ -307,14 +315,7 @@ def test_a_paused_backfill_waits_and_carries_on_when_resumed_through_the_pooler(
 
         # then: resumed, it fills to its end
         steer(pooler, expand_step, "resume")
-        assert filling.wait(timeout=240) == 0, filling.stderr.read()
-    finally:
-        if filling.poll() is None:
-            filling.kill()
-            filling.wait()
-    assert pending(pooler, expand_step) == 0
-    assert "taken over" not in events(pooler, expand_step)
-    assert_nothing_left(pooler, expand_step)
+        assert_filled_alone(pooler, expand_step, filling)
 
 
 def test_a_background_run_is_carried_out_by_a_worker_through_the_pooler(pooler, expand_step):
