@@ -338,3 +338,14 @@ def test_a_background_run_is_carried_out_by_a_worker_through_the_pooler(pooler, 
     assert "taken over" not in events(pooler, expand_step)
     assert_nothing_left(pooler, expand_step)
     assert traffic.errors == []
+
+
+def test_the_rehearsal_runs_through_the_pooler(pooler, database):
+    # when: the workspace rollout rehearsed on a scratch database, every connection pooled
+    done = run_manage(
+        pooler, database, "rehearse", "--rollout", "workspace", "--tasks", "2000", "--json"
+    )
+
+    # then: no application query failed or stalled, and the pool is left clean
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_nothing_left(pooler, database)
