@@ -44,8 +44,8 @@ from commandline.base import known_database
 from migration_safety.blockers import describe_blockers
 from migration_safety.timeouts import behind_transaction_pooler, timeouts_per_transaction
 
-# The key of django-pg-migration-tools' "one migrate at a time" advisory lock (its documented
-# value, hashed as it does): the transaction-level lock taken behind a pooler is the same lock,
+# The key of django-pg-migration-tools' "one migrate at a time" advisory lock (its lock's name,
+# hashed as it does): the transaction-level lock taken behind a pooler is the same lock,
 # so a migrate behind the pooler and one connected directly exclude each other too.
 MIGRATE_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"migrate-with-timeouts").digest()[:8], "little", signed=True
