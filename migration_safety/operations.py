@@ -24,7 +24,7 @@ import time
 from django.contrib.postgres.indexes import PostgresIndex
 from django.contrib.postgres.operations import TrigramExtension
 from django.core.management.base import CommandError
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, NotSupportedError, models
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, NotSupportedError, models, transaction
 from django.db.migrations.operations import AddField, AddIndex, AlterField, RemoveIndex
 from django.db.migrations.operations.base import Operation
 from django_pg_migration_tools.operations import (
@@ -143,7 +143,12 @@ def drop_not_null_checks(schema_editor, table: str, column: str) -> None:
     names = not_valid_checks(schema_editor, table, column)
     for attempt in range(1, CLEANUP_ATTEMPTS + 1):
         try:
-            with apply_timeouts(using=connection.alias, lock_timeout=CLEANUP_LOCK_TIMEOUT):
+            # In a transaction, so the timeout is SET LOCAL: a session one could stay on a
+            # pooled server connection (and be restored on another).
+            with (
+                transaction.atomic(using=connection.alias),
+                apply_timeouts(using=connection.alias, lock_timeout=CLEANUP_LOCK_TIMEOUT),
+            ):
                 while names:
                     schema_editor.execute(
                         f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(names[0])}"

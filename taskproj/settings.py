@@ -148,6 +148,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 
+# How connections reach PostgreSQL: "session" (directly, or a pooler in session mode) or
+# "transaction" (PgBouncer in transaction mode: consecutive transactions of one Django connection
+# may run on different server connections, and a server connection serves other clients between
+# them). Django cannot detect a pooler; this says so. In transaction mode nothing this project
+# sets or locks outlives its transaction, and server-side cursors are off (docs/zero-downtime.md,
+# "Behind PgBouncer").
+DATABASE_POOLING = os.environ.get("DATABASE_POOLING", "").strip().lower() or "session"
+if DATABASE_POOLING not in {"session", "transaction"}:
+    raise ImproperlyConfigured(
+        f"DATABASE_POOLING must be 'transaction' (behind PgBouncer in transaction mode) or "
+        f"'session' (the default), got {DATABASE_POOLING!r}."
+    )
+if DATABASE_POOLING == "transaction":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # No prepared statements: a pooler before PgBouncer 1.21 cannot route them.
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -2,11 +2,14 @@
 
 import datetime
 import functools
+import os
 import threading
 import time
 from contextlib import contextmanager
 from io import StringIO
+from typing import NoReturn
 
+import pytest
 from django.core.management import call_command
 from django.db import connection, connections, models
 from django.db.migrations.loader import MigrationLoader
@@ -153,3 +156,24 @@ def statements_sent(action) -> list[str]:
     with connection.execute_wrapper(record):
         action()
     return statements
+
+
+def unavailable_here(reason: str, tests: str) -> NoReturn:
+    """Skip ``tests`` whose tool is missing here, with the reason; under CI=true fail: CI must
+    run them."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: {tests} must run)")
+    pytest.skip(reason)
+
+
+def workspace_expand_step(rows: int) -> list[list[str]]:
+    """The ``manage.py`` commands that bring an empty database to the workspace rollout's
+    expand step, seeded with ``rows`` tasks whose workspace is still to be backfilled."""
+    return [
+        # Every app but tasks, whose columns stop before the workspace backfill.
+        ["migrate", "auth", "--verbosity", "0"],
+        ["migrate", "backfills", "--verbosity", "0"],
+        ["migrate", "tasks", "0007_workspace_expand", "--verbosity", "0"],
+        ["seed", "--tasks", str(rows), "--users", "3", "--seed", "7"]
+        + ["--without-workspace", "--no-progress", "--verbosity", "0"],
+    ]

@@ -53,6 +53,26 @@ def test_a_postgres_database_url_selects_postgresql():
     ]
 
 
+def test_transaction_pooling_turns_server_side_cursors_and_prepared_statements_off():
+    result = run_django(
+        "from django.conf import settings; d = settings.DATABASES['default']; "
+        "print(settings.DATABASE_POOLING, d['DISABLE_SERVER_SIDE_CURSORS'], "
+        "d['OPTIONS']['prepare_threshold'])",
+        DATABASE_URL="postgres://someone@pgbouncer.internal:6432/tasks",
+        DATABASE_POOLING="transaction",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["transaction", "True", "None"]
+
+
+def test_an_unknown_pooling_mode_is_refused_with_the_ones_there_are():
+    result = run_django("pass", DATABASE_POOLING="statement")
+
+    assert result.returncode != 0
+    assert "DATABASE_POOLING must be 'transaction'" in result.stderr
+
+
 def test_allowed_hosts_and_debug_come_from_the_environment():
     result = run_django(
         "from django.conf import settings; print(settings.DEBUG, settings.ALLOWED_HOSTS)",

@@ -6,27 +6,52 @@ DDL that must be instant. A migration whose lock is not granted in time fails â€
 is rolled back, a non-atomic one keeps what it had committed and is written to be re-run â€” and
 is retried after an exponential backoff a bounded number of times, logging the sessions holding
 locks each time; then the command fails with them and what to do. Settings: MIGRATION_*.
+
+Behind a transaction pooler (``DATABASE_POOLING=transaction``) the library's session-level
+timeouts and "one migrate at a time" advisory lock would stay on a pooled server connection:
+there the timeouts are set per transaction (:func:`timeouts_per_transaction`) and the lock is a
+transaction-level one, held by a transaction of its own for the run (:func:`one_migrate_at_a_time`).
 """
 
+import hashlib
+import io
+import time
 from argparse import Action
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 from django.core.management.commands.migrate import Command as DjangoMigrateCommand
-from django.db import connections
+from django.db import OperationalError, connections
 from django_pg_migration_tools.management.commands.migrate_with_timeouts import (
     Command as MigrateWithTimeoutsCommand,
 )
 from django_pg_migration_tools.management.commands.migrate_with_timeouts import (
     LockAlreadyAcquired,
     MaximumRetriesReached,
+    MigrateRetryStrategy,
     MigrationTimeoutOptions,
 )
-from django_pg_migration_tools.timeouts import RedundantLockTimeout, TimeoutWasNotPositive
+from django_pg_migration_tools.timeouts import (
+    DBLockTimeoutError,
+    RedundantLockTimeout,
+    TimeoutWasNotPositive,
+)
 
 from commandline.base import known_database
 from migration_safety.blockers import describe_blockers
+from migration_safety.timeouts import behind_transaction_pooler, timeouts_per_transaction
+
+# The key of django-pg-migration-tools' "one migrate at a time" advisory lock (its lock's name,
+# hashed as it does): the transaction-level lock taken behind a pooler is the same lock,
+# so a migrate behind the pooler and one connected directly exclude each other too.
+MIGRATE_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"migrate-with-timeouts").digest()[:8], "little", signed=True
+)
+# SQLSTATE lock_not_available: a statement gave up after lock_timeout.
+LOCK_NOT_AVAILABLE = "55P03"
 
 # The library's options, which mean nothing to Django's own migrate (other databases).
 TIMEOUT_OPTIONS = (
@@ -106,7 +131,10 @@ class Command(MigrateWithTimeoutsCommand):
             raise bad_settings(exc) from exc
         lock_timeout, retries = options["lock_timeout_in_ms"], options["lock_timeout_max_retries"]
         try:
-            super().handle(*args, **options)
+            if behind_transaction_pooler():
+                self.migrate_per_transaction(args, options)
+            else:
+                super().handle(*args, **options)
         except (TimeoutWasNotPositive, RedundantLockTimeout) as exc:
             # Checked only as the timeouts are applied, before the first migration's statements.
             raise bad_settings(exc) from exc
@@ -123,6 +151,36 @@ class Command(MigrateWithTimeoutsCommand):
             ) from exc
         finally:
             self.end_session(database)
+
+    def migrate_per_transaction(self, args: tuple, options: dict) -> None:
+        """The library's ``handle`` (its options, retries and callback), with nothing left on
+        the session: one transaction-level lock for the run, timeouts per transaction."""
+        timeout_options = MigrationTimeoutOptions.from_dictionary(options)
+        retry_strategy = MigrateRetryStrategy(timeout_options=timeout_options)
+        stdout = options.pop("stdout", io.StringIO())  # as the library passes it to the callback
+        start_time = time.time()
+        database = options["database"]
+        connection = connections[database]
+        with one_migrate_at_a_time(database):
+            while retry_strategy.can_migrate():
+                try:
+                    with timeouts_per_transaction(
+                        connection,
+                        lock_timeout_ms=options_ms(timeout_options.lock_timeout),
+                        statement_timeout_ms=options_ms(timeout_options.statement_timeout),
+                    ):
+                        try:
+                            DjangoMigrateCommand.handle(self, *args, **options)
+                        except OperationalError as exc:
+                            if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                                raise DBLockTimeoutError(str(exc)) from exc
+                            raise
+                    return
+                except DBLockTimeoutError as exc:
+                    retry_strategy.increment_retry_count()
+                    retry_strategy.wait()
+                    retry_strategy.attempt_callback(exc, stdout, start_time, database)
+        raise MaximumRetriesReached(f"There were {retry_strategy.retries} lock timeouts.")
 
     def end_session(self, database: str) -> None:
         """Close the connection, which releases the library's "one migrate at a time" lock.
@@ -145,3 +203,32 @@ def bad_settings(exc: Exception) -> CommandError:
         "MIGRATION_LOCK_TIMEOUT_MS and MIGRATION_STATEMENT_TIMEOUT_MS must be positive, the lock "
         "timeout the smaller; MIGRATION_RETRY_MIN_WAIT_MS at most MIGRATION_RETRY_MAX_WAIT_MS."
     )
+
+
+def options_ms(value) -> int:
+    """A library timeout option (a timedelta, or None for "no limit") in ms; 0 is no limit."""
+    return 0 if value is None else int(value.total_seconds() * 1000)
+
+
+@contextmanager
+def one_migrate_at_a_time(database: str) -> Iterator[None]:
+    """Hold the "one migrate at a time" lock for the block, as a transaction-level advisory
+    lock in a transaction of its own, on a connection of its own.
+
+    A pooler keeps that transaction on one server connection until it ends, and ends it (the
+    server connection is closed) if this process disconnects or dies: the lock cannot be
+    stranded. The transaction takes no snapshot and writes nothing, so it holds back no vacuum.
+    Raises the library's :class:`LockAlreadyAcquired` if another migrate holds it.
+    """
+    holder = connections.create_connection(database)
+    try:
+        holder.set_autocommit(False)
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [MIGRATE_LOCK_KEY])
+            if not cursor.fetchone()[0]:
+                raise LockAlreadyAcquired("Another manage.py migrate is running.")
+        yield
+    finally:
+        if holder.connection is not None and holder.is_usable():
+            holder.rollback()
+        holder.close()
