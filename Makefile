@@ -23,7 +23,7 @@ VENV_DJANGO6 := .venv-dj6
 PY_DJANGO6 := $(VENV_DJANGO6)/bin/python
 STAMP_DJANGO6 := $(VENV_DJANGO6)/.installed
 
-.PHONY: install demo test test-sqlite test-postgres test-django6 test-django6-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal bench-adaptive clean
+.PHONY: install demo test test-sqlite test-postgres test-django6 test-django6-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal bench-adaptive bench-index-cost clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -133,6 +133,9 @@ bench-rehearsal: $(STAMP)
 
 bench-adaptive: $(STAMP)
 	$(PY) benchmarks/adaptive.py
+
+bench-index-cost: $(STAMP)
+	$(PY) benchmarks/index_cost.py
 
 clean:
 	rm -rf $(VENV) $(VENV_DJANGO6) db.sqlite3 db.sqlite3-wal db.sqlite3-shm .pytest_cache .ruff_cache

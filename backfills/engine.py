@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections, models, transaction
-from django.db.models import Max, Min, Q
+from django.db.models import Count, Max, Min, Q
 
 logger = logging.getLogger(__name__)
 # Rounds per call: the walk, plus extra rounds for rows that appeared behind or after it. Old
@@ -536,31 +536,44 @@ def _run_batch(
     return rows, upper, waiters, time.perf_counter() - locked_at
 
 
-def first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:
-    """The smallest key of a row that still needs the value (None if there is none).
+@dataclass(frozen=True)
+class Pending:
+    """What one look for pending rows found: the smallest pending key (None: none is pending)
+    and, when the look counted them, how many rows are pending (None: not counted)."""
 
-    First it looks among the first ``FIRST_PENDING_PROBE`` keys (after ``backfill.after``): where
-    a new column is NULL everywhere, the answer is there, read through the key's index in about a
-    millisecond.
-    Otherwise it scans the table, on PostgreSQL without index scans: the planner answers
-    MIN(key) by walking the key's index in order and checking each row, betting that pending
-    rows are spread evenly. After a run they sit at the end of the table, so that walk reads
-    every row through the index — 790 ms at 1,000,000 rows against 112 ms for a sequential scan
-    (EXPLAIN ANALYZE, docs/design.md). The scan uses up to ``workers`` server processes.
+    first: Any
+    rows: int | None = None
+
+
+def find_pending(
+    backfill: Backfill, *, using: str, workers: int = 1, count: bool = False
+) -> Pending:
+    """The smallest key of a row that still needs the value, and with ``count`` how many do.
+
+    Without ``count`` it first looks among the first ``FIRST_PENDING_PROBE`` keys (after
+    ``backfill.after``): where a new column is NULL everywhere, the answer is there, read
+    through the key's index in about a millisecond.
+    Otherwise it scans the table once for both answers, on PostgreSQL without index scans: the
+    planner answers MIN(key) by walking the key's index in order and checking each row, betting
+    that pending rows are spread evenly. After a run they sit at the end of the table, so that
+    walk reads every row through the index — 790 ms at 1,000,000 rows against 112 ms for a
+    sequential scan (EXPLAIN ANALYZE, docs/design.md). The scan uses up to ``workers`` server
+    processes, and holds no lock but the table's ACCESS SHARE.
     """
-    # Exact when found: any pending key beyond the head is larger than every key in it. The
-    # same filter as the scan's, so both agree on what is pending.
-    keys = backfill.model._default_manager.using(using)
-    if backfill.after is not None:
-        keys = keys.filter(**{f"{backfill.key}__gt": backfill.after})
-    head = keys.order_by(backfill.key).values(backfill.key)[:FIRST_PENDING_PROBE]
-    in_head = (
-        backfill.queryset(using)
-        .filter(**{f"{backfill.key}__in": head})
-        .aggregate(first=Min(backfill.key))["first"]
-    )
-    if in_head is not None:
-        return in_head
+    if not count:
+        # Exact when found: any pending key beyond the head is larger than every key in it.
+        # The same filter as the scan's, so both agree on what is pending.
+        keys = backfill.model._default_manager.using(using)
+        if backfill.after is not None:
+            keys = keys.filter(**{f"{backfill.key}__gt": backfill.after})
+        head = keys.order_by(backfill.key).values(backfill.key)[:FIRST_PENDING_PROBE]
+        in_head = (
+            backfill.queryset(using)
+            .filter(**{f"{backfill.key}__in": head})
+            .aggregate(first=Min(backfill.key))["first"]
+        )
+        if in_head is not None:
+            return Pending(in_head)
     connection = connections[using]
     with transaction.atomic(using=using):
         if connection.vendor == "postgresql":
@@ -573,7 +586,14 @@ def first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:
                     "set_config('max_parallel_workers_per_gather', %s, true)",
                     [str(max(workers - 1, 0))],
                 )
-        return backfill.queryset(using).aggregate(first=Min(backfill.key))["first"]
+        found = backfill.queryset(using).aggregate(first=Min(backfill.key), rows=Count("*"))
+    return Pending(found["first"], found["rows"] if count else None)
+
+
+def first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:
+    """The smallest key of a row that still needs the value (None if there is none); see
+    :func:`find_pending`."""
+    return find_pending(backfill, using=using, workers=workers).first
 
 
 def key_before(backfill: Backfill, key: Any, *, using: str) -> Any:

@@ -111,10 +111,10 @@ class EnsureBackfillFinished(BackfillOperation):
         using = schema_editor.connection.alias
         model = definition.model_class(to_state.apps)
         with without_statement_timeout(schema_editor.connection):
-            pending = definition.pending_rows(model, using=using)
-            if not pending.exists():
+            # One scan, whether rows are left or not.
+            left = definition.pending_rows(model, using=using).count()
+            if not left:
                 return
-            left = pending.count()
         raise BackfillNotFinished(
             f"{left:,} {'row' if left == 1 else 'rows'} of {model._meta.db_table} still "
             f"{'has' if left == 1 else 'have'} {definition.pending_label}: "

@@ -23,6 +23,9 @@ from backfills.engine import (
     BatchPolicy,
     BatchReport,
     HealthCheck,
+    Pending,
+    find_pending,
+    key_before,
     run_backfill,
 )
 from backfills.health import DatabaseHealth
@@ -60,6 +63,21 @@ class Opened(NamedTuple):
 def pending_rows(definition: BackfillDefinition, *, using: str) -> models.QuerySet:
     """The rows that still need the value, of the current model."""
     return definition.pending_rows(definition.model_class(), using=using)
+
+
+def look_for_pending(
+    definition: BackfillDefinition, model: type[models.Model], *, using: str, workers: int = 1
+) -> Pending:
+    """The one look at the table before a new run: its first pending key (None: nothing to do)
+    and, where the planner estimates few pending rows (always, off PostgreSQL), their exact
+    count from the same scan. Made before any lock is taken: the scan may read the whole
+    table, and a new run starts from its answer instead of looking again."""
+    walk = definition.walk(model)
+    few = (
+        connections[using].vendor != "postgresql"
+        or estimate_pending(walk, using=using) < EXACT_COUNT_BELOW
+    )
+    return find_pending(walk, using=using, workers=workers, count=few)
 
 
 def column_of(definition: BackfillDefinition, *, using: str) -> str:
@@ -141,7 +159,6 @@ def fill(
     """
     model = definition.model_class()
     check_workers(workers, using=using, model=model, key=definition.key)
-    pending = pending_rows(definition, using=using).exists()
     current = find_open_run(BackfillRun, name=definition.name, using=using)
     if current is not None and current.status == Status.PAUSED and not restart:
         raise RunStateError(
@@ -150,8 +167,11 @@ def fill(
         )
     if current is not None and current.lease_is_live:
         raise refuse_busy(current)  # before anything is written
-    if not pending and current is None:
-        return None, BackfillResult(stopped="finished")
+    look = None
+    if current is None or restart:
+        look = look_for_pending(definition, model, using=using, workers=workers)
+        if look.first is None and current is None:
+            return None, BackfillResult(stopped="finished")
     opened = _open(
         definition,
         using=using,
@@ -160,6 +180,7 @@ def fill(
         started_by=started_by,
         batch_size=policy.batch_size,
         workers=workers,
+        look=look,
     )
     run = opened.run
     if on_start is not None:
@@ -206,6 +227,12 @@ def start_on_workers(
     state = column_of(definition, using=using)
     if state == "missing":
         raise RunStateError(missing_column_message(definition, using=using))
+    look = None
+    if not column_is_filled(definition, state) and (
+        restart or find_open_run(BackfillRun, name=definition.name, using=using) is None
+    ):
+        # Before the run's row is locked: the look may read the whole table.
+        look = look_for_pending(definition, model, using=using, workers=workers)
     with transaction.atomic(using=using):
         current = find_open_run(BackfillRun, name=definition.name, using=using, for_update=True)
         if current is not None and (current.lease_is_live or current.status == Status.CANCELLING):
@@ -216,10 +243,8 @@ def start_on_workers(
             )
         if current is not None and current.status == Status.PAUSED and not restart:
             raise RunStateError(f"Run #{current.pk} is paused: resume it instead.")
-        if current is None and (
-            column_is_filled(definition, state)
-            or not pending_rows(definition, using=using).exists()
-        ):
+        if current is None and (look is None or look.first is None):
+            # (No look: the column is NOT NULL, or the run seen a moment ago has ended.)
             raise RunStateError(nothing_pending_message(definition))
         opened = _open(
             definition,
@@ -230,6 +255,7 @@ def start_on_workers(
             batch_size=settings.BACKFILL_WORKER_BATCH_SIZE,
             background=True,
             workers=workers,
+            look=look,
         )
         enqueue_slice(opened.run, using=using)
     return opened.run, opened.resumed
@@ -245,11 +271,17 @@ def _open(
     batch_size: int,
     workers: int,
     background: bool = False,
+    look: Pending | None = None,
 ) -> Opened:
     """The open run to carry on, or a new one; with its estimate of the rows left, and its
     creation recorded. ``background`` runs are left pending for task workers. ``workers`` is
-    how many connections fill it from now on (a resumed run keeps its lanes, if it has some)."""
+    how many connections fill it from now on (a resumed run keeps its lanes, if it has some).
+
+    A new run starts from ``look`` (:func:`look_for_pending`): just before its first pending
+    key, with its count if it has one. Nothing here reads the whole table: this may run with the
+    run's row locked (:func:`start_on_workers`)."""
     model = definition.model_class()
+    first = None if look is None else look.first
     run, resumed = open_run(
         BackfillRun,
         name=definition.name,
@@ -261,18 +293,15 @@ def _open(
         started_by=started_by,
         background=background,
         batch_size=batch_size,
+        last_key=None if first is None else key_before(definition.walk(model), first, using=using),
     )
     backfill = definition.backfill(model, run.parameters)
-    pending = estimate_pending(backfill, using=using)
-    if resumed and connections[using].vendor == "postgresql":
-        # The planner's share of pending rows is as of the last ANALYZE: a run resumed before
-        # the next one would be estimated its whole table again, and rows_done + pending would
-        # climb past the table with every resume. The rows left are (nearly all) ahead of the
-        # run's checkpoints, whatever the statistics say about them.
-        pending = min(pending, _rows_ahead(backfill, run, using=using))
-    exact = connections[using].vendor != "postgresql" or pending < EXACT_COUNT_BELOW
-    if connections[using].vendor == "postgresql" and exact:
-        pending = pending_rows(definition, using=using).count()
+    if not resumed and look is not None and look.rows is not None:
+        pending, exact = look.rows, True
+    elif not resumed and look is not None:
+        pending, exact = estimate_pending(backfill, using=using), False
+    else:
+        pending, exact = _left_of(backfill, run, using=using)
     carry_on = {"status": Status.PENDING, "background": True} if background else {}
     if run.status == Status.INTERRUPTED:
         carry_on.setdefault("status", Status.PENDING)  # to be claimed, and running, at once
@@ -285,19 +314,39 @@ def _open(
     return Opened(run, resumed, pending, exact)
 
 
-def _rows_ahead(backfill: Backfill, run: BackfillRun, *, using: str) -> int:
-    """The planner's estimate of the rows, filled or not, that the run has still to walk: after
-    each open lane's checkpoint, up to its end; without lanes, after the run's checkpoint."""
+def _left_of(backfill: Backfill, run: BackfillRun, *, using: str) -> tuple[int, bool]:
+    """The rows a resumed run has left, and whether that is an exact count: counted off
+    PostgreSQL; on it, the planner's estimate, counted within the keys still to walk if that
+    says few.
+
+    The planner's share of pending rows is as of the last ANALYZE: a run resumed before the next
+    one would be estimated its whole table again, and rows_done + pending would climb past the
+    table with every resume. The rows left are (nearly all) ahead of the run's checkpoints,
+    whatever the statistics say about them."""
+    if connections[using].vendor != "postgresql":
+        return backfill.queryset(using).count(), True
+    ranges = _ranges_ahead(run, using=using)
+    every_row = replace(backfill, pending=Q())  # within each range's bounds
+    estimate = min(
+        estimate_pending(backfill, using=using),
+        sum(
+            planned_rows(every_row.within(after, upto).queryset(using), key=backfill.key)
+            for after, upto in ranges
+        ),
+    )
+    if estimate >= EXACT_COUNT_BELOW:
+        return estimate, False
+    return sum(backfill.within(after, upto).queryset(using).count() for after, upto in ranges), True
+
+
+def _ranges_ahead(run: BackfillRun, *, using: str) -> list[tuple[Any, Any]]:
+    """The key ranges ``(after, upto]`` a run has still to walk: after each open lane's
+    checkpoint, up to its end; without lanes, after the run's checkpoint."""
     lanes = BackfillLane.objects.using(using).filter(run=run, finished=False)
-    ranges = [
+    return [
         (lane.after_key if lane.last_key is None else lane.last_key, lane.upto_key)
         for lane in lanes
     ] or [(run.last_key, None)]
-    walk = replace(backfill, pending=Q())  # every row, within each range's bounds
-    return sum(
-        planned_rows(walk.within(after, upto).queryset(using), key=backfill.key)
-        for after, upto in ranges
-    )
 
 
 def interrupt(run: BackfillRun, *, using: str, actor: str, origin: str) -> BackfillRun:
@@ -375,10 +424,13 @@ def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> 
     model = definition.model_class(apps)
     run_model = apps.get_model("backfills", "BackfillRun")
     event_model = apps.get_model("backfills", "BackfillRunEvent")
-    pending = definition.pending_rows(model, using=using).exists()
     current = find_open_run(run_model, name=definition.name, using=using)
-    if not pending and current is None:
-        return BackfillResult(stopped="finished")
+    first = None
+    if current is None:
+        walk = definition.walk(model)
+        first = find_pending(walk, using=using).first
+        if first is None:
+            return BackfillResult(stopped="finished")
     if current is not None and lease_is_live(current):
         raise refuse_busy(current)
     if current is not None and current.status in (Status.PAUSED, Status.CANCELLING):
@@ -400,6 +452,8 @@ def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> 
         parameters=lambda: definition.new_parameters(model, using=using),
         origin=BackfillRun.Origin.MIGRATION,
         started_by=process_name("migrate"),
+        # A new run starts where the look found its first row, without looking again.
+        last_key=None if first is None else key_before(walk, first, using=using),
     )
     checkpoint = claim(
         run,

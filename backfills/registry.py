@@ -89,6 +89,13 @@ class BackfillDefinition:
         """The parameters of a run starting now."""
         return {} if self.parameters is None else self.parameters(model, using)
 
+    def walk(self, model: type[models.Model]) -> Backfill:
+        """The rows this backfill walks on ``model``, with no value: for looking at them (which
+        needs no run's parameters), not for filling them."""
+        return Backfill(
+            model=model, field=self.field, value=None, pending=self.pending, key=self.key
+        )
+
     def backfill(self, model: type[models.Model], parameters: Mapping[str, Any]) -> Backfill:
         """What the engine fills for a run with these ``parameters``, on ``model``."""
         return Backfill(

@@ -1,20 +1,21 @@
-"""Backfill benchmark on PostgreSQL: `manage.py backfill NAME` against its baselines, for both
-registered backfills (tasks.task.priority, tasks.task.workspace).
+"""Backfill benchmark on PostgreSQL: `manage.py backfill NAME` against its baselines, and how
+its cost per row grows with the table.
 
-    python benchmarks/backfill.py [--tasks 1000000] [--small 100000] [--batch-size N]
-                                  [--workers 2] [--rounds 3] [--only NAME]
+    python benchmarks/backfill.py [--tasks 1000000 10000000] [--rounds 3 1] [--batch-size N]
+                                  [--workers 2] [--only tasks.task.priority]
 
-For each backfill, seeds --tasks legacy rows (its column NULL, at its expand step) once into a
+For each size, seeds that many legacy rows (the column NULL, at its expand step) once into a
 template database, then gives each variant its own copy (CREATE DATABASE ... TEMPLATE), so all
 start from the same state: the command with --sleep 0 as a whole process with 1 worker (its
 default) and with --workers; after each, a bare keyset loop of the same UPDATEs on as many
 connections, over key ranges as wide as that command's median batch (the limit of batched work
 on this machine for batches that hold their locks as long: no bookkeeping, timed inside its
-process); one single UPDATE of the whole table; and, for priority, Django's bulk_update in
-keyset batches of 1,000. All but bulk_update run --rounds times, interleaved, and are reported
-by their median: on a shared 2-core host one variant alone varies by 20% from minute to minute.
-Also reports the command's per-batch durations (p50/p99/max, from -v2) and its peak memory at
---small and --tasks rows. Writes docs/benchmarks.md.
+process); at the smallest size only, one single UPDATE of the whole table and, for priority,
+Django's bulk_update in keyset batches of 1,000 (figures). Each variant runs that size's
+--rounds times, interleaved, and is reported by its median: on a shared 2-core host one variant
+alone varies by 20% from minute to minute. Reports time per row at each size and its growth,
+the command's per-batch row-lock times (p50/p99/max, from -v2) and its peak memory at each size.
+Writes docs/benchmarks.md.
 """
 
 import argparse
@@ -53,6 +54,7 @@ BACKFILLS = {
     ),
 }
 TARGET = 0.9  # the command at least this share of the bare loop on as many connections
+GROWTH = 1.15  # its time per row at the largest size within this of the smallest
 
 
 def prepare_template(name: str, tasks: int, backfill: str) -> None:
@@ -115,138 +117,148 @@ def command(
     return seconds, peak, batch_ms, sizes, inside
 
 
-def measure(backfill: str, args) -> dict:
-    """Every variant of one backfill, in interleaved rounds."""
-    big, small = "taskproj_bench_tpl_big", "taskproj_bench_tpl_small"
-    prepare_template(big, args.tasks, backfill)
-    prepare_template(small, args.small, backfill)
+def measure(backfill: str, tasks: int, rounds: int, *, baselines: bool, args) -> dict:
+    """Every variant of one backfill at one size, in interleaved rounds; the single UPDATE and
+    ``bulk_update`` only with ``baselines`` (the smallest size)."""
+    template = "taskproj_bench_tpl"
+    prepare_template(template, tasks, backfill)
     seconds: dict[str, list[float]] = {}
     runs: dict[str, list] = {"command 1": [], "command N": []}
     widths: dict[str, list[int]] = {}
     try:
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for workers, name, loop in (
                 (1, "command 1", "keyset-loop 1"),
                 (args.workers, "command N", "keyset-loop N"),
             ):
-                measured = command(big, backfill, args.batch_size, workers)
+                measured = command(template, backfill, args.batch_size, workers)
                 runs[name].append(measured)
                 seconds.setdefault(name, []).append(measured[0])
                 # The same UPDATEs over key ranges as wide as the command's median batch in this
                 # round: batches that hold their row locks as long.
                 keys = round(statistics.median(measured[3]))
-                rows, took = variant(big, backfill, "keyset-loop", str(workers), str(keys))
-                assert rows == args.tasks, (loop, rows)
+                rows, took = variant(template, backfill, "keyset-loop", str(workers), str(keys))
+                assert rows == tasks, (loop, rows)
                 seconds.setdefault(loop, []).append(took)
                 widths.setdefault(loop, []).append(keys)
-            rows, took = variant(big, backfill, "single-update")
-            assert rows == args.tasks, rows
-            seconds.setdefault("single-update", []).append(took)
-        if backfill == "tasks.task.priority":
-            rows, took = variant(big, backfill, "bulk-update")
-            assert rows == args.tasks, rows
+            if baselines:
+                rows, took = variant(template, backfill, "single-update")
+                assert rows == tasks, rows
+                seconds.setdefault("single-update", []).append(took)
+        if baselines and backfill == "tasks.task.priority":
+            rows, took = variant(template, backfill, "bulk-update")
+            assert rows == tasks, rows
             seconds["bulk-update"] = [took]
-        small_peak = command(small, backfill, args.batch_size)[1]
     finally:
-        for name in (big, small):
-            drop_database(name)
-    return {"seconds": seconds, "runs": runs, "small_peak": small_peak, "widths": widths}
+        drop_database(template)
+    return {"tasks": tasks, "seconds": seconds, "runs": runs, "widths": widths}
 
 
-def section(backfill: str, measured: dict, args) -> list[str]:
-    """The table and notes of one backfill."""
-    seconds, runs, workers = measured["seconds"], measured["runs"], args.workers
-    median = {name: statistics.median(values) for name, values in seconds.items()}
-    loop = {"command 1": "keyset-loop 1", "command N": "keyset-loop N"}
+LOOP = {"command 1": "keyset-loop 1", "command N": "keyset-loop N"}
+
+
+def section(backfill: str, sizes: list[dict], args) -> list[str]:
+    """The table and notes of one backfill, every size side by side."""
+    workers = args.workers
     batch_size = args.batch_size or BatchPolicy().batch_size
+    small, large = sizes[0], sizes[-1]
+    median = [
+        {name: statistics.median(values) for name, values in size["seconds"].items()}
+        for size in sizes
+    ]
+
+    def per_row(index: int, name: str) -> float:
+        return median[index][name] / sizes[index]["tasks"] * 1e6
 
     def row(label: str, name: str) -> str:
-        values = seconds[name]
-        rate = args.tasks / median[name]
-        spread = f" ({min(values):.1f}–{max(values):.1f})" if len(values) > 1 else ""
-        limit = loop.get(name, name if name.startswith("keyset") else None)
-        versus = f"**{median[limit] / median[name]:.2f}×**" if limit else "—"
-        return (
-            f"| {label} | {median[name]:.1f}{spread} | {rate:,.0f} | {versus} | "
-            f"{median['single-update'] / median[name]:.2f}× |"
-        )
+        cells = []
+        for index, size in enumerate(sizes):
+            if name not in median[index]:
+                cells.append("— | —")
+                continue
+            values = size["seconds"][name]
+            spread = f" ({min(values):.1f}–{max(values):.1f})" if len(values) > 1 else ""
+            limit = LOOP.get(name, name if name.startswith("keyset") else None)
+            versus = f"**{median[index][limit] / median[index][name]:.2f}×**" if limit else "—"
+            cells.append(
+                f"{median[index][name]:.1f}{spread} s, {per_row(index, name):.2f} µs/row | {versus}"
+            )
+        growth = "—"
+        if len(sizes) > 1 and name in median[-1] and name in median[0]:
+            growth = f"**{per_row(-1, name) / per_row(0, name):.2f}×**"
+        return f"| {label} | {' | '.join(cells)} | {growth} |"
 
-    def per_round(name: str) -> str:
-        pairs = zip(seconds[loop[name]], seconds[name], strict=True)
-        return ", ".join(f"{limit / took:.2f}×" for limit, took in pairs)
-
-    def sizing(sizes: list[int]) -> str:
+    def sizing(batch_sizes: list[int]) -> str:
         if args.batch_size:
             return f"batches of {batch_size:,}"
         return (
-            f"adaptive, target {settings.BACKFILL_TARGET_BATCH_MS:g} ms: first {sizes[0]:,}, "
-            f"median {statistics.median(sizes):,.0f} keys"
+            f"adaptive, target {settings.BACKFILL_TARGET_BATCH_MS:g} ms: first "
+            f"{batch_sizes[0]:,}, median {statistics.median(batch_sizes):,.0f} keys"
         )
 
-    def batches(label: str, name: str) -> str:
-        batch_ms = [ms for _, _, run_ms, _, _ in runs[name] for ms in run_ms]
-        sizes = [size for _, _, _, run_sizes, _ in runs[name] for size in run_sizes]
-        whole = [ms for ms, _ in batch_ms]
+    def batches(size: dict, label: str, name: str) -> str:
+        batch_ms = [ms for _, _, run_ms, _, _ in size["runs"][name] for ms in run_ms]
+        batch_sizes = [n for _, _, _, run_sizes, _ in size["runs"][name] for n in run_sizes]
         locked = [ms for _, ms in batch_ms]
         return (
-            f"- Batches, {label} ({sizing(sizes)}; {len(batch_ms)} in {len(runs[name])} runs): "
-            f"row locks held p50 {statistics.median(locked):.0f} ms, "
-            f"**p99 {percentile(locked, 0.99):.0f} ms** (target ≤ 100 ms), max {max(locked):.0f}"
-            f" ms; the whole batch p50 {statistics.median(whole):.0f} ms, p99 "
-            f"{percentile(whole, 0.99):.0f} ms."
+            f"- {size['tasks']:,} rows, {label} ({sizing(batch_sizes)}; {len(batch_ms)} batches "
+            f"in {len(size['runs'][name])} runs): row locks held p50 "
+            f"{statistics.median(locked):.0f} ms, **p99 {percentile(locked, 0.99):.0f} ms** "
+            f"(target ≤ 100 ms), max {max(locked):.0f} ms."
         )
 
-    def inside(name: str) -> str:
-        """The run inside the process against the loop: the share the whole process adds."""
-        run_seconds = statistics.median(measured_inside for *_, measured_inside in runs[name])
-        fixed = median[name] - run_seconds
-        return (
-            f"{run_seconds:.1f} s inside the process ({median[loop[name]] / run_seconds:.2f}× the "
-            f"loop), {fixed:.2f} s of start-up, checks and exit around it"
-        )
-
-    def width(loop: str) -> str:
-        keys = measured["widths"][loop]
-        return f"ranges of {min(keys):,}–{max(keys):,} keys (the command's median batch)"
+    def peak(size: dict, name: str) -> int:
+        return max(measured_peak for _, measured_peak, *_ in size["runs"][name])
 
     _, _, statement = BACKFILLS[backfill]
-    peak = max(measured_peak for _, measured_peak, *_ in runs["command 1"])
+    heads = " | ".join(f"{size['tasks']:,}: seconds | ÷ bare loop" for size in sizes)
     lines = [
         f"### `{backfill}`",
         "",
-        "| variant | seconds | rows/s | ÷ bare loop, same connections | ÷ single UPDATE |",
-        "|---|---:|---:|---:|---:|",
+        f"| variant | {heads} | time per row, {large['tasks']:,} ÷ {small['tasks']:,} |",
+        "|---|" + "---:|---:|" * len(sizes) + "---:|",
         row(f"`manage.py backfill {backfill} --sleep 0` (whole process, 1 worker)", "command 1"),
         row(
             f"`manage.py backfill {backfill} --sleep 0 --workers {workers}` (whole process)",
             "command N",
         ),
-        row(f"bare keyset loop, 1 connection, {width('keyset-loop 1')}", "keyset-loop 1"),
-        row(f"bare keyset loop, {workers} connections, {width('keyset-loop N')}", "keyset-loop N"),
-        row(f"one `UPDATE … SET {statement} WHERE … IS NULL` (statement only)", "single-update"),
+        row("bare keyset loop, 1 connection, the command's median batch", "keyset-loop 1"),
+        row(
+            f"bare keyset loop, {workers} connections, the command's median batch", "keyset-loop N"
+        ),
+        row(f"one `UPDATE … SET {statement} WHERE … IS NULL` (figure only)", "single-update"),
     ]
-    if "bulk-update" in seconds:
+    if "bulk-update" in median[0]:
         lines.append(row("`bulk_update` in keyset batches of 1,000 (figure only)", "bulk-update"))
-    lines += [
-        "",
-        f"- Command ÷ bare loop on as many connections, round by round: 1 worker "
-        f"{per_round('command 1')}; {workers} workers {per_round('command N')} "
-        f"(target ≥ {TARGET}×). The run alone: 1 worker {inside('command 1')}; "
-        f"{workers} workers {inside('command N')}.",
-        batches("1 worker", "command 1"),
-        batches(f"{workers} workers", "command N"),
-        f"- Peak memory of the command: {peak / 1024:.0f} MiB at {args.tasks:,} rows, "
-        f"{measured['small_peak'] / 1024:.0f} MiB at {args.small:,} rows: "
-        f"**{peak / measured['small_peak']:.2f}×** (target within 1.10×).",
-        "",
-    ]
-    return lines
+    lines.append("")
+    for size in sizes:
+        lines += [
+            batches(size, "1 worker", "command 1"),
+            batches(size, f"{workers} workers", "command N"),
+        ]
+    if len(sizes) > 1:
+        ratios = ", ".join(
+            f"{label} {peak(large, name) / 1024:.0f} MiB against {peak(small, name) / 1024:.0f} "
+            f"MiB (**{peak(large, name) / peak(small, name):.2f}×**)"
+            for label, name in (("1 worker", "command 1"), (f"{workers} workers", "command N"))
+        )
+        lines.append(
+            f"- Peak memory of the command at {large['tasks']:,} rows against "
+            f"{small['tasks']:,}: {ratios} (target within 1.10×)."
+        )
+    return lines + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--small", type=int, default=100_000)
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        nargs="+",
+        default=[3, 1],
+        help="runs of each variant at each size, in --tasks order (default: 3 1)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="default: the command's own default"
     )
@@ -254,28 +266,32 @@ def main() -> None:
         "--workers", type=int, default=2, help="the parallel variant's --workers (default: 2)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="runs of each fast variant (default: 3)"
+        "--only", choices=list(BACKFILLS), default="tasks.task.priority", help="the backfill"
     )
-    parser.add_argument("--only", choices=list(BACKFILLS), help="measure one backfill only")
     args = parser.parse_args()
+    if len(args.rounds) != len(args.tasks):
+        parser.error("give one --rounds per --tasks")
 
-    names = [args.only] if args.only else list(BACKFILLS)
+    sizes = [
+        measure(args.only, tasks, rounds, baselines=index == 0, args=args)
+        for index, (tasks, rounds) in enumerate(zip(args.tasks, args.rounds, strict=True))
+    ]
     lines = [
         "## Backfill (PostgreSQL)",
         "",
-        f"Command: `python benchmarks/backfill.py --tasks {args.tasks} --small {args.small}"
+        f"Command: `python benchmarks/backfill.py --tasks {' '.join(map(str, args.tasks))} "
+        f"--rounds {' '.join(map(str, args.rounds))}"
         + (f" --batch-size {args.batch_size}" if args.batch_size else "")
-        + f" --workers {args.workers} --rounds {args.rounds}"
-        + (f" --only {args.only}" if args.only else "")
-        + f"` ({datetime.now(UTC):%Y-%m-%d}, 2 cores). {args.tasks:,} legacy rows (the column "
-        "NULL) at the backfill's expand step; every variant starts from its own copy of the same "
-        f"template database. Seconds: the median of {args.rounds} interleaved runs (range in "
-        f"brackets). Target: the command at least {TARGET}× the bare keyset loop on as many "
-        "connections, in the same run.",
+        + f" --workers {args.workers} --only {args.only}` ({datetime.now(UTC):%Y-%m-%d}, 2 "
+        "cores). Legacy rows (the column NULL) at the backfill's expand step; every variant "
+        "starts from its own copy of the same template database. Seconds: the median of the "
+        "interleaved runs at that size (range in brackets). Targets: the command at least "
+        f"{TARGET}× the bare keyset loop on as many connections in the same run, its time per "
+        f"row at the largest size within {GROWTH}× of the smallest, its batches' row locks "
+        "held p99 ≤ 100 ms, its peak memory flat.",
         "",
+        *section(args.only, sizes, args),
     ]
-    for name in names:
-        lines += section(name, measure(name, args), args)
     report = "\n".join(lines).rstrip()
     write_section("backfill", report)
     sys.stdout.write(report + "\n")

@@ -1,12 +1,14 @@
 """Seeding: reference data from the JSON fixtures, volume from the factories.
 
-Where the time goes (measured, see docs/benchmarks.md): building one task through factory_boy
-costs ~170 us (declaration resolution ~100 us, Faker text ~45 us) and saving it through the ORM
-another ~50 us, so a per-object factory + ``bulk_create`` loop tops out near 5,000 rows/s. The
-seeder therefore lets the factory build a pool of whole task prototypes once and draws each row
-from it, with its category and assignee drawn per row, and streams the rows with COPY
-(PostgreSQL) or executemany (SQLite) in one transaction per batch. Every value still comes from
-``TaskFactory``; memory is bounded by the pool and one batch, whatever the number of rows.
+Building one task through factory_boy (declaration resolution, Faker text) costs several times
+what the server takes to ingest a row, and saving it through the ORM more again, so a
+per-object factory + ``bulk_create`` loop is far from what the database can take. The seeder
+therefore lets the factory build a pool of whole task prototypes, spread over the run so that
+the server ingests rows meanwhile, and draws each row from it, with its category and assignee
+drawn per row; it streams the rows with COPY (PostgreSQL) or executemany (SQLite) in one
+transaction per batch. Its measure is a COPY of the very rows it wrote (benchmarks/seed.py).
+Every value still comes from ``TaskFactory``; memory is bounded by the pool and one batch,
+whatever the number of rows.
 """
 
 import datetime
@@ -106,22 +108,43 @@ def create_users(count: int, *, using: str) -> list[int]:
     )
 
 
-def build_prototypes(count: int, *, today: datetime.date, with_priority: bool) -> list[tuple]:
-    """Build ``count`` tasks with TaskFactory (not saved) as (title, description, status, due)
-    tuples, due around ``today``, with the priority from the rule on that day as a last item if
-    ``with_priority``."""
-    prototypes = TaskFactory.build_batch(count, category=None, assignee=None, today=today)
-    rows = [(t.title, t.description, t.status, t.due_date) for t in prototypes]
-    if not with_priority:
-        return rows
-    rule = PriorityRule(today)
-    return [(*row, rule.for_task(status=row[2], due_date=row[3])) for row in rows]
+class Prototypes:
+    """Task prototypes built by TaskFactory while the rows are written, drawn per row.
+
+    Building one takes the factory about 100 us, so building a whole pool before the first row
+    would leave the server idle for seconds; here the pool of ``min(rows, size)`` prototypes is
+    built spread over the run, one prototype due every ``rows / size`` rows, while the server
+    ingests the rows before it. Row ``i`` is the prototype built for it, if one was due, or else
+    one drawn from those built so far: every prototype is written at least once, and with no
+    more rows than ``size`` each row is its own. A prototype is (title, description, status,
+    due date), and the priority from the rule on ``today`` if ``with_priority``.
+    """
+
+    def __init__(self, rows: int, *, size: int, today: datetime.date, with_priority: bool):
+        self.rows, self.size, self.today = rows, min(rows, size), today
+        self.rule = PriorityRule(today) if with_priority else None
+        self.built: list[tuple] = []
+
+    def for_row(self, index: int) -> tuple:
+        """The prototype of row ``index`` (rows are drawn in order, from 0)."""
+        if len(self.built) < self.size and len(self.built) * self.rows // self.size <= index:
+            self.built.append(self.build())
+            return self.built[-1]
+        return randgen.choice(self.built)
+
+    def build(self) -> tuple:
+        """One new prototype from TaskFactory (not saved)."""
+        task = TaskFactory.build(category=None, assignee=None, today=self.today)
+        row = (task.title, task.description, task.status, task.due_date)
+        if self.rule is None:
+            return row
+        return (*row, self.rule.for_task(status=task.status, due_date=task.due_date))
 
 
 def task_rows(
     count: int,
     *,
-    prototypes: list[tuple],
+    prototypes: Prototypes,
     category_ids: list[int],
     user_ids: list[int],
     workspaces: WorkspaceRule | None = None,
@@ -134,7 +157,7 @@ def task_rows(
     each category."""
     now = created_at
     for index in range(count):
-        prototype = prototypes[index] if count <= len(prototypes) else randgen.choice(prototypes)
+        prototype = prototypes.for_row(index)
         category = None
         if category_ids and randgen.random() >= UNCATEGORISED_SHARE:
             category = randgen.choice(category_ids)
@@ -181,8 +204,8 @@ def seed(
         workspaces = WorkspaceRule(Workspace.objects.db_manager(using).default_id())
         workspace_of = dict(categories.values_list("pk", "workspace"))
     user_ids = create_users(users, using=using)
-    prototypes = build_prototypes(
-        min(tasks, PROTOTYPE_POOL_SIZE), today=today, with_priority=with_priority
+    prototypes = Prototypes(
+        tasks, size=PROTOTYPE_POOL_SIZE, today=today, with_priority=with_priority
     )
     rows = task_rows(
         tasks,

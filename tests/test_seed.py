@@ -14,6 +14,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from tasks import seeding
+from tasks.factories import TaskFactory
 from tasks.models import Category, Task, Workspace
 from tasks.seeding import PROTOTYPE_POOL_SIZE
 from tests.helpers import Terminal, rewind_to
@@ -166,11 +168,38 @@ def test_more_tasks_than_the_prototype_pool_still_come_from_the_factory(monkeypa
     # when
     seed(tasks=500, users=3, seed=9)
 
-    # then: every row is one of the 50 factory-built prototypes, with per-row assignments
+    # then: every row is one of the 50 factory-built prototypes, each written at least once,
+    # with per-row assignments
     assert Task.objects.count() == 500
-    assert Task.objects.values("title", "description").distinct().count() <= 50
+    assert Task.objects.values("title", "description").distinct().count() == 50
     assert Task.objects.values("category", "assignee").distinct().count() > 20
     assert PROTOTYPE_POOL_SIZE >= 10_000
+
+
+def test_the_prototypes_are_built_while_the_rows_are_written(monkeypatch, reference_data):
+    # given: a pool of 50 spread over 500 rows, written in batches of 10
+    monkeypatch.setattr("tasks.seeding.PROTOTYPE_POOL_SIZE", 50)
+    built = []
+    build = TaskFactory.build
+    monkeypatch.setattr(
+        "tasks.seeding.TaskFactory.build", lambda **kw: built.append(1) or build(**kw)
+    )
+    built_by_batch = []
+    insert = seeding.insert_rows
+
+    def recording_insert(*args, **kwargs):
+        written = insert(*args, **kwargs)
+        built_by_batch.append(len(built))
+        return written
+
+    monkeypatch.setattr("tasks.seeding.insert_rows", recording_insert)
+
+    # when
+    seed(tasks=500, users=2, seed=3, batch_size=10)
+
+    # then: the server had the first batch after one prototype, not after the whole pool
+    assert built_by_batch[0] == 1
+    assert built_by_batch[-1] == len(built) == 50
 
 
 def test_each_batch_is_written_in_its_own_transaction(reference_data):
