@@ -10,6 +10,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.apps import apps as django_apps
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models import Q
@@ -19,7 +20,7 @@ from django.utils import timezone
 from backfills.engine import Backfill, BatchPolicy, BatchSizer, run_backfill
 from backfills.ledger import RunCheckpoint, open_run
 from backfills.models import BackfillRun
-from backfills.orchestration import fill
+from backfills.orchestration import fill, finish_in_migration
 from tasks.priority import PriorityRule
 from tests.conftest import IS_POSTGRES
 from tests.helpers import (
@@ -368,7 +369,13 @@ def test_a_run_starts_at_the_first_null_row_wherever_it_is(
     # then: it walked from just before the first NULL row, and filled them all
     assert result.finished and nulls() == 0
     assert (result.rows, result.batches) == (len(null_positions), batches)
-    whole_table = [
+    assert len(whole_table_reads(queries)) == scans, whole_table_reads(queries)
+
+
+def whole_table_reads(queries) -> list[str]:
+    """The statements among ``queries`` that may read all of tasks_task: an aggregate or an
+    exists() with no bound on the key."""
+    return [
         q["sql"]
         for q in queries
         if '"tasks_task"' in q["sql"]
@@ -377,7 +384,22 @@ def test_a_run_starts_at_the_first_null_row_wherever_it_is(
         and '"id" <' not in q["sql"]
         and '"id" >' not in q["sql"]
     ]
-    assert len(whole_table) == scans, whole_table
+
+
+def test_the_data_migration_reads_the_whole_table_once_before_it_fills_the_rows_left(
+    expand_step,
+):
+    # given: a finished command left all rows filled; old code then inserted a few at the end
+    keys = [task.pk for task in legacy_tasks(1_500)]
+    Task.objects.exclude(pk__in=keys[-3:]).update(priority="low")
+
+    # when: the data migration's operation finishes the backfill
+    with CaptureQueriesContext(connection) as queries:
+        result = finish_in_migration(PRIORITY, apps=django_apps, using="default")
+
+    # then: one look before the run (no exists() first) and one for rows left behind the walk
+    assert result.finished and result.rows == 3 and nulls() == 0
+    assert len(whole_table_reads(queries)) == 2, whole_table_reads(queries)
 
 
 def test_rows_that_appear_behind_the_walk_are_caught_by_another_pass(expand_step):
