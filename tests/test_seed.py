@@ -283,6 +283,20 @@ def test_seed_streams_rows_with_copy_on_postgresql():
     )
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # each batch its own transaction, as in production
+def test_seed_batches_do_not_wait_for_the_disk_at_commit_and_leave_the_session_as_it_was():
+    with CaptureQueriesContext(connection) as queries:
+        seed(tasks=1200, users=3, seed=4, batch_size=500)
+
+    # then: each batch's transaction turned synchronous_commit off for itself only
+    local_off = "set_config('synchronous_commit', 'off', true)"
+    assert sum(local_off in q["sql"] for q in queries.captured_queries) == 3  # 500 + 500 + 200
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+
+
 def test_seed_on_an_unmigrated_database_says_to_migrate(tmp_path):
     # given: an empty SQLite database
     empty = tmp_path / "empty.sqlite3"
