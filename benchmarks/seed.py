@@ -97,46 +97,48 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args()
 
-    results = {(n, v): measure(n, v) for v in args.variants for n in args.tasks}
-    smallest, largest = min(args.tasks), max(args.tasks)
+    for variant in args.variants:
+        results = {tasks: measure(tasks, variant) for tasks in args.tasks}
+        report = section(variant, results, args)
+        write_section(f"seed-{variant}", report)
+        sys.stdout.write(report + "\n")
+
+
+def section(variant: str, results: dict[int, dict], args) -> str:
+    """The table of one variant at every size."""
+    schema, flags = VARIANTS[variant]
+    smallest, largest = min(results), max(results)
     lines = [
-        "## Seeding against COPY (PostgreSQL)",
+        f"## Seeding against COPY: {schema} (PostgreSQL)",
         "",
         f"Command: `python benchmarks/seed.py --tasks {' '.join(map(str, args.tasks))} "
-        f"--variants {' '.join(args.variants)}` ({datetime.now(UTC):%Y-%m-%d}, "
-        f"Python {platform.python_version()}, 2 cores). `manage.py seed --seed 1` as a whole "
-        "process (start-up, users and the factory-built prototypes included), then one "
-        "`COPY tasks_task FROM STDIN` of the very rows it wrote, dumped with `COPY … TO`, into "
-        "the same table emptied by TRUNCATE (its indexes and foreign keys in place). Target: "
-        f"COPY seconds / seed seconds ≥ {TARGET:.2f}×; peak RSS at the largest size within "
-        f"{MEMORY_TARGET:.2f}× of the smallest.",
+        f"--variants {variant}` ({datetime.now(UTC):%Y-%m-%d}, Python "
+        f"{platform.python_version()}, 2 cores). `manage.py seed --seed 1 "
+        f"{' '.join(flags)}`".rstrip()
+        + "` as a whole process (start-up, users and the factory-built prototypes included), "
+        "then one `COPY tasks_task FROM STDIN` of the very rows it wrote, dumped with `COPY … "
+        "TO`, into the same table emptied by TRUNCATE (its indexes and foreign keys in place). "
+        f"Target: COPY seconds / seed seconds ≥ {TARGET:.2f}×; peak RSS at the largest size "
+        f"within {MEMORY_TARGET:.2f}× of the smallest.",
         "",
-        "| schema (seed flags) | rows | seed s | rows/s | COPY of its rows s | COPY / seed "
-        "| peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| rows | seed s | rows/s | COPY of its rows s | COPY / seed | peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
-    for variant in args.variants:
-        schema, flags = VARIANTS[variant]
-        label = f"{schema} ({' '.join(f'`{f}`' for f in flags) or 'no flags'})"
-        for tasks in args.tasks:
-            r = results[tasks, variant]
-            ratio = r["copy"] / r["seed"]
-            mark = f"**{ratio:.2f}×**" if ratio >= TARGET else f"**{ratio:.2f}×** (short)"
-            lines.append(
-                f"| {label} | {tasks:,} | {r['seed']:.1f} | {tasks / r['seed']:,.0f} | "
-                f"{r['copy']:.1f} | {mark} | {r['peak'] / 1024:.0f} MiB |"
-            )
-    lines.append("")
+    for tasks, r in results.items():
+        ratio = r["copy"] / r["seed"]
+        mark = f"**{ratio:.2f}×**" if ratio >= TARGET else f"**{ratio:.2f}×** (short)"
+        lines.append(
+            f"| {tasks:,} | {r['seed']:.1f} | {tasks / r['seed']:,.0f} | {r['copy']:.1f} | "
+            f"{mark} | {r['peak'] / 1024:.0f} MiB |"
+        )
     if largest != smallest:
-        for variant in args.variants:
-            memory = results[largest, variant]["peak"] / results[smallest, variant]["peak"]
-            lines.append(
-                f"- Peak RSS, {variant}: {largest:,} rows / {smallest:,} rows = "
-                f"**{memory:.2f}×** (target ≤ {MEMORY_TARGET:.2f}×)."
-            )
-    report = "\n".join(lines)
-    write_section("seed", report)
-    sys.stdout.write(report + "\n")
+        memory = results[largest]["peak"] / results[smallest]["peak"]
+        lines += [
+            "",
+            f"- Peak RSS at {largest:,} rows / at {smallest:,} rows: **{memory:.2f}×** "
+            f"(target ≤ {MEMORY_TARGET:.2f}×).",
+        ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
