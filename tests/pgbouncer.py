@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.replica_cluster import as_postgres, free_port
+from tests.replica_cluster import free_port
 
 POOL_SIZE = 3  # server connections per database and user
 BINARY = "/usr/sbin/pgbouncer"  # Debian's package
@@ -127,9 +127,13 @@ def pgbouncer(*, server_host: str, server_port: int, user: str) -> Iterator[Pool
     )
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
+    # Started as the postgres user directly, not through runuser: stopped, runuser forwards the
+    # signal, then sleeps 2 s before it exits (util-linux su-common.c), on every pooler.
+    as_postgres = {"user": "postgres", "group": "postgres", "extra_groups": []}
     process = subprocess.Popen(
-        as_postgres(binary, ini), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        [binary, str(ini)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        **(as_postgres if os.geteuid() == 0 else {}),
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         while True:
