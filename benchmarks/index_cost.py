@@ -8,7 +8,8 @@ seeded. The added indexes are those on tasks_task that tasks at 0001_initial did
 with all of them again, two workloads as the application writes: --writes single-row INSERTs
 naming every column, and --writes single-row UPDATEs of a random task's status and updated_at
 (an edit in the admin); each in one transaction, sent pipelined (psycopg's executemany: the
-server's cost, not round trips), rolled back, the table vacuumed after. Reports the median of
+server's cost, not round trips), rolled back, the table vacuumed after; the same rows for every
+configuration. Reports the median of
 --rounds per row (after one unmeasured run: no full-page images of a first change after a
 checkpoint), microseconds and WAL bytes (``pg_current_wal_insert_lsn`` before and after), and
 what each index adds to the table without it. Writes docs/benchmarks.md.
@@ -77,10 +78,12 @@ def measure(conn: psycopg.Connection, args, samples: dict) -> dict[str, tuple[fl
     """Median per-row (µs, WAL bytes) of each workload on the table as its indexes are now."""
     figures = {}
     for kind in ("insert", "update"):
-        # A first run unmeasured: the first change to a page after a checkpoint writes the whole
-        # page to the WAL, which would be counted against whichever index came first.
-        workload(conn, *samples[kind]())
-        runs = [workload(conn, *samples[kind]()) for _ in range(args.rounds)]
+        # A checkpoint, then a first run unmeasured of the very same rows: the first change to
+        # a page after a checkpoint writes the whole page to the WAL, which would be counted
+        # against whichever configuration touched that page first.
+        conn.execute("CHECKPOINT")
+        workload(conn, *samples[kind])
+        runs = [workload(conn, *samples[kind]) for _ in range(args.rounds)]
         figures[kind] = (
             statistics.median(us for us, _ in runs),
             statistics.median(wal for _, wal in runs),
@@ -110,28 +113,31 @@ def main() -> None:
             titles = [r[0] for r in conn.execute("SELECT title FROM tasks_task LIMIT 1000")]
             statuses = ["todo", "in_progress", "blocked", "done"]
 
-            def inserts():
-                return INSERT, [
+            inserts = (
+                INSERT,
+                [
                     (rng.choice(titles), "", rng.choice(statuses), None,
                      rng.choice(categories), None, "medium", workspace)
                     for _ in range(args.writes)
-                ]  # fmt: skip
-
-            def updates():
-                return UPDATE, [(rng.choice(statuses), rng.choice(ids)) for _ in range(args.writes)]
+                ],
+            )  # fmt: skip
+            # The same rows for every configuration: the same pages touched.
+            updates = (
+                UPDATE,
+                [(rng.choice(statuses), rng.choice(ids)) for _ in range(args.writes)],
+            )
 
             samples = {"insert": inserts, "update": updates}
+            # The schema as seeded first, then each index alone, the table without them last.
+            every = measure(conn, args, samples)
             for name in added:
                 conn.execute(f'DROP INDEX "{name}"')
-            bare = measure(conn, args, samples)
             alone = {}
             for name, sql in added.items():
                 conn.execute(sql)
                 alone[name] = measure(conn, args, samples)
                 conn.execute(f'DROP INDEX "{name}"')
-            for sql in added.values():
-                conn.execute(sql)
-            every = measure(conn, args, samples)
+            bare = measure(conn, args, samples)
 
     def cells(figures: dict) -> str:
         return " | ".join(
