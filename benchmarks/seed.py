@@ -113,9 +113,9 @@ def section(variant: str, results: dict[int, dict], args) -> str:
         "",
         f"Command: `python benchmarks/seed.py --tasks {' '.join(map(str, args.tasks))} "
         f"--variants {variant}` ({datetime.now(UTC):%Y-%m-%d}, Python "
-        f"{platform.python_version()}, 2 cores). `manage.py seed --seed 1 "
-        f"{' '.join(flags)}`".rstrip()
-        + "` as a whole process (start-up, users and the factory-built prototypes included), "
+        f"{platform.python_version()}, 2 cores). "
+        + f"`{' '.join(('manage.py seed --seed 1', *flags))}`"
+        + " as a whole process (start-up, users and the factory-built prototypes included), "
         "then one `COPY tasks_task FROM STDIN` of the very rows it wrote, dumped with `COPY … "
         "TO`, into the same table emptied by TRUNCATE (its indexes and foreign keys in place). "
         f"Target: COPY seconds / seed seconds ≥ {TARGET:.2f}×; peak RSS at the largest size "
