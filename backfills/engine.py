@@ -539,16 +539,18 @@ def _run_batch(
 @dataclass(frozen=True)
 class Pending:
     """What one look for pending rows found: the smallest pending key (None: none is pending)
-    and, when the look counted them, how many rows are pending (None: not counted)."""
+    and how many rows are pending (None: not known), counted if ``exact``, else estimated."""
 
     first: Any
     rows: int | None = None
+    exact: bool = False
 
 
 def find_pending(
     backfill: Backfill, *, using: str, workers: int = 1, count: bool = False
 ) -> Pending:
-    """The smallest key of a row that still needs the value, and with ``count`` how many do.
+    """The smallest key of a row that still needs the value, and, when it scanned the table
+    (always with ``count``), how many do.
 
     Without ``count`` it first looks among the first ``FIRST_PENDING_PROBE`` keys (after
     ``backfill.after``): where a new column is NULL everywhere, the answer is there, read
@@ -587,7 +589,7 @@ def find_pending(
                     [str(max(workers - 1, 0))],
                 )
         found = backfill.queryset(using).aggregate(first=Min(backfill.key), rows=Count("*"))
-    return Pending(found["first"], found["rows"] if count else None)
+    return Pending(found["first"], found["rows"], exact=True)
 
 
 def first_pending(backfill: Backfill, *, using: str, workers: int = 1) -> Any:

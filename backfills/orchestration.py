@@ -69,15 +69,15 @@ def look_for_pending(
     definition: BackfillDefinition, model: type[models.Model], *, using: str, workers: int = 1
 ) -> Pending:
     """The one look at the table before a new run: its first pending key (None: nothing to do)
-    and, where the planner estimates few pending rows (always, off PostgreSQL), their exact
-    count from the same scan. Made before any lock is taken: the scan may read the whole
-    table, and a new run starts from its answer instead of looking again."""
+    and the rows pending: where the planner estimates few (always, off PostgreSQL), their
+    exact count from the same scan, else that estimate. Made before any lock is taken: the scan
+    may read the whole table, and a new run starts from its answer instead of looking again."""
     walk = definition.walk(model)
-    few = (
-        connections[using].vendor != "postgresql"
-        or estimate_pending(walk, using=using) < EXACT_COUNT_BELOW
-    )
-    return find_pending(walk, using=using, workers=workers, count=few)
+    postgresql = connections[using].vendor == "postgresql"
+    estimate = estimate_pending(walk, using=using) if postgresql else None
+    few = estimate is None or estimate < EXACT_COUNT_BELOW
+    look = find_pending(walk, using=using, workers=workers, count=few)
+    return look if look.exact else replace(look, rows=estimate)
 
 
 def column_of(definition: BackfillDefinition, *, using: str) -> str:
@@ -296,12 +296,10 @@ def _open(
         last_key=None if first is None else key_before(definition.walk(model), first, using=using),
     )
     backfill = definition.backfill(model, run.parameters)
-    if not resumed and look is not None and look.rows is not None:
-        pending, exact = look.rows, True
-    elif not resumed and look is not None:
-        pending, exact = estimate_pending(backfill, using=using), False
-    else:
+    if resumed or look is None:
         pending, exact = _left_of(backfill, run, using=using)
+    else:
+        pending, exact = look.rows, look.exact
     carry_on = {"status": Status.PENDING, "background": True} if background else {}
     if run.status == Status.INTERRUPTED:
         carry_on.setdefault("status", Status.PENDING)  # to be claimed, and running, at once
