@@ -6,15 +6,20 @@ per-object factory + ``bulk_create`` loop is far from what the database can take
 therefore lets the factory build a pool of whole task prototypes, spread over the run so that
 the server ingests rows meanwhile, and draws each row from it, with its category and assignee
 drawn per row; it streams the rows with COPY (PostgreSQL) or executemany (SQLite) in one
-transaction per batch. Its measure is a COPY of the very rows it wrote (benchmarks/seed.py).
-Every value still comes from ``TaskFactory``; memory is bounded by the pool and one batch,
-whatever the number of rows.
+transaction per batch. Every value is converted for COPY once — each prototype when it is
+built, each category, workspace, assignee and the timestamp before the first row — so that a
+row costs the seeder a few list draws and a join, and the server, not the seeder, sets the
+pace. Its measure is a COPY of the very rows it wrote (benchmarks/seed.py). Every value still
+comes from ``TaskFactory``; memory is bounded by the pool and one batch, whatever the number
+of rows.
 """
 
 import datetime
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
+from typing import Any
 
 import factory.random
 from django.contrib.auth import get_user_model
@@ -24,7 +29,7 @@ from django.utils import timezone
 from factory.random import randgen
 
 from backfills.inspection import column_state
-from tasks.bulk_insert import insert_rows
+from tasks.bulk_insert import BulkInsert
 from tasks.factories import TaskFactory, UserFactory
 from tasks.models import Category, Task, Workspace
 from tasks.priority import PriorityRule
@@ -117,11 +122,20 @@ class Prototypes:
     ingests the rows before it. Row ``i`` is the prototype built for it, if one was due, or else
     one drawn from those built so far: every prototype is written at least once, and with no
     more rows than ``size`` each row is its own. A prototype is (title, description, status,
-    due date), and the priority from the rule on ``today`` if ``with_priority``.
+    due date), and the priority from the rule on ``today`` if ``with_priority``, each value
+    already converted by ``cell`` (BulkInsert.cell) as the rows will hold it.
     """
 
-    def __init__(self, rows: int, *, size: int, today: datetime.date, with_priority: bool):
-        self.rows, self.size, self.today = rows, min(rows, size), today
+    def __init__(
+        self,
+        rows: int,
+        *,
+        size: int,
+        today: datetime.date,
+        with_priority: bool,
+        cell: Callable[[Any], Any],
+    ):
+        self.rows, self.size, self.today, self.cell = rows, min(rows, size), today, cell
         self.rule = PriorityRule(today) if with_priority else None
         self.built: list[tuple] = []
 
@@ -136,9 +150,9 @@ class Prototypes:
         """One new prototype from TaskFactory (not saved)."""
         task = TaskFactory.build(category=None, assignee=None, today=self.today)
         row = (task.title, task.description, task.status, task.due_date)
-        if self.rule is None:
-            return row
-        return (*row, self.rule.for_task(status=task.status, due_date=task.due_date))
+        if self.rule is not None:
+            row = (*row, self.rule.for_task(status=task.status, due_date=task.due_date))
+        return tuple(self.cell(value) for value in row)
 
 
 def task_rows(
@@ -150,25 +164,34 @@ def task_rows(
     workspaces: WorkspaceRule | None = None,
     workspace_of: dict[int, int] | None = None,
     created_at: datetime.datetime,
+    cell: Callable[[Any], Any],
 ) -> Iterator[tuple]:
-    """Yield ``count`` database-ready task rows in TASK_FIELDS order, created (and last
-    updated) at ``created_at``, then the prototype's priority (if it has one), then the
-    workspace by ``workspaces``, the rule (if given), from ``workspace_of``, the workspace of
-    each category."""
-    now = created_at
+    """Yield ``count`` task rows in TASK_FIELDS order, created (and last updated) at
+    ``created_at``, then the prototype's priority (if it has one), then the workspace by
+    ``workspaces``, the rule (if given), from ``workspace_of``, the workspace of each category;
+    every value converted by ``cell``, each distinct one once."""
+    now = cell(created_at)
+
+    # Per category: its value and the tail of its row (its workspace, when rows carry one).
+    def tail(category: int | None) -> tuple:
+        if workspaces is None:
+            return ()
+        category_workspace = None if category is None else workspace_of[category]
+        return (cell(workspaces.for_task(category_workspace=category_workspace)),)
+
+    categories = [(cell(category), tail(category)) for category in category_ids]
+    uncategorised = (cell(None), tail(None))
+    assignees = [cell(user) for user in user_ids]
+    unassigned = cell(None)
     for index in range(count):
         prototype = prototypes.for_row(index)
-        category = None
-        if category_ids and randgen.random() >= UNCATEGORISED_SHARE:
-            category = randgen.choice(category_ids)
-        assignee = None
-        if user_ids and randgen.random() >= UNASSIGNED_SHARE:
-            assignee = randgen.choice(user_ids)
-        row = (*prototype[:4], category, assignee, now, now, *prototype[4:])
-        if workspaces is not None:
-            category_workspace = None if category is None else workspace_of[category]
-            row = (*row, workspaces.for_task(category_workspace=category_workspace))
-        yield row
+        category, category_tail = uncategorised
+        if categories and randgen.random() >= UNCATEGORISED_SHARE:
+            category, category_tail = randgen.choice(categories)
+        assignee = unassigned
+        if assignees and randgen.random() >= UNASSIGNED_SHARE:
+            assignee = randgen.choice(assignees)
+        yield (*prototype[:4], category, assignee, now, now, *prototype[4:], *category_tail)
 
 
 def seed(
@@ -204,8 +227,13 @@ def seed(
         workspaces = WorkspaceRule(Workspace.objects.db_manager(using).default_id())
         workspace_of = dict(categories.values_list("pk", "workspace"))
     user_ids = create_users(users, using=using)
+    insert = BulkInsert(Task, fields, using=using)
     prototypes = Prototypes(
-        tasks, size=PROTOTYPE_POOL_SIZE, today=today, with_priority=with_priority
+        tasks,
+        size=PROTOTYPE_POOL_SIZE,
+        today=today,
+        with_priority=with_priority,
+        cell=insert.cell,
     )
     rows = task_rows(
         tasks,
@@ -215,12 +243,12 @@ def seed(
         workspaces=workspaces,
         workspace_of=workspace_of,
         created_at=timezone.make_aware(datetime.datetime.combine(today, datetime.time.min)),
+        cell=insert.cell,
     )
     written = 0
     while written < tasks:
         size = min(batch_size, tasks - written)
-        batch = (next(rows) for _ in range(size))
-        written += insert_rows(Task, fields, batch, using=using)
+        written += insert.write(islice(rows, size))
         if on_batch is not None:
             on_batch(size)
     return SeedResult(

@@ -14,10 +14,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from tasks import seeding
+from tasks.bulk_insert import BulkInsert
 from tasks.factories import TaskFactory
 from tasks.models import Category, Task, Workspace
-from tasks.seeding import PROTOTYPE_POOL_SIZE
+from tasks.priority import Priority
+from tasks.seeding import PROTOTYPE_POOL_SIZE, TASK_FIELDS
 from tests.helpers import Terminal, rewind_to
 
 pytestmark = pytest.mark.django_db
@@ -185,14 +186,14 @@ def test_the_prototypes_are_built_while_the_rows_are_written(monkeypatch, refere
         "tasks.seeding.TaskFactory.build", lambda **kw: built.append(1) or build(**kw)
     )
     built_by_batch = []
-    insert = seeding.insert_rows
+    write = BulkInsert.write
 
-    def recording_insert(*args, **kwargs):
-        written = insert(*args, **kwargs)
+    def recording_write(self, rows):
+        written = write(self, rows)
         built_by_batch.append(len(built))
         return written
 
-    monkeypatch.setattr("tasks.seeding.insert_rows", recording_insert)
+    monkeypatch.setattr(BulkInsert, "write", recording_write)
 
     # when
     seed(tasks=500, users=2, seed=3, batch_size=10)
@@ -200,6 +201,39 @@ def test_the_prototypes_are_built_while_the_rows_are_written(monkeypatch, refere
     # then: the server had the first batch after one prototype, not after the whole pool
     assert built_by_batch[0] == 1
     assert built_by_batch[-1] == len(built) == 50
+
+
+def test_bulk_insert_writes_back_every_value_exactly_as_given(reference_data):
+    # given: values COPY's text format must escape, a NULL, a string that reads like one, and a
+    # date and an aware datetime
+    category = Category.objects.order_by("slug").first()
+    moment = timezone.make_aware(datetime.datetime(2026, 3, 4, 5, 6, 7, 891011))
+    titles = ["tab\there", "line\nbreak", "back\\slash", "carriage\rreturn", "\\N", "plain"]
+    default = Workspace.objects.default_id()
+    fields = (*TASK_FIELDS, "priority", "workspace")
+    insert = BulkInsert(Task, fields, using="default")
+    rows = [
+        [
+            title,
+            f"{title} — ünïcode",
+            "todo",
+            datetime.date(2026, 1, 31),
+            category.pk if index % 2 else None,
+            None,
+            moment,
+            moment,
+            Priority.values[index % len(Priority.values)],
+            category.workspace_id if index % 2 else default,
+        ]
+        for index, title in enumerate(titles)
+    ]
+
+    # when
+    written = insert.write([tuple(insert.cell(value) for value in row) for row in rows])
+
+    # then: every value reads back as it was given
+    assert written == len(titles)
+    assert list(Task.objects.order_by("pk").values_list(*fields)) == [tuple(r) for r in rows]
 
 
 def test_each_batch_is_written_in_its_own_transaction(reference_data):
