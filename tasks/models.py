@@ -130,6 +130,19 @@ def fill_workspaces(tasks: list["Task"], *, using: str) -> bool:
     return changed
 
 
+# The most days TaskQuerySet.dates probes one by one (a month's); a longer span is read at once.
+DAYS_PROBED = 31
+
+
+def next_period(start: datetime.date, kind: str) -> datetime.date:
+    """The first day of the year, month or day after the one that starts on ``start``."""
+    if kind == "year":
+        return start.replace(year=start.year + 1)
+    if kind == "month":
+        return (start.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
+    return start + datetime.timedelta(days=1)
+
+
 class TaskQuerySet(models.QuerySet["Task"]):
     def bulk_create(self, objs, *args, **kwargs) -> list["Task"]:
         """bulk_create skips save(): derive the priority and the workspace of each task here."""
@@ -140,26 +153,32 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return super().bulk_create(objs, *args, **kwargs)
 
     def dates(self, field_name: str, kind: str, order: str = "ASC"):
-        """Years or months that have rows, found by probing each candidate with an index range.
+        """Years, months or days that have rows, found by probing each candidate with an index
+        range.
 
         Django's version is ``SELECT DISTINCT date_trunc(...)`` over every matching row: a full
-        scan on a big table, run on each admin page view by the due-date hierarchy. Between
-        the first and last date (two index lookups) there are only a few years, or twelve
-        months, to probe, each with an EXISTS on the date index. Days keep Django's query: the
-        hierarchy asks for them within one month only.
+        scan on a big table, run on each admin page view by the due-date hierarchy, and at the
+        level of days still a read of every row of the month chosen. Between the first and last
+        date (two index lookups) there are only a few years, twelve months or a month of days to
+        probe, each with an EXISTS on the date index. Days over a span longer than
+        DAYS_PROBED keep Django's query (the hierarchy asks for days within one month only).
         """
-        if kind not in ("year", "month"):
+        if kind not in ("year", "month", "day"):
             return super().dates(field_name, kind, order)
         bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
-        if bounds["first"] is None:
+        first, last = bounds["first"], bounds["last"]
+        if first is None:
             return []
+        if kind == "day" and (last - first).days >= DAYS_PROBED:
+            return super().dates(field_name, kind, order)
         periods = []
-        start = bounds["first"].replace(month=1 if kind == "year" else bounds["first"].month, day=1)
-        while start <= bounds["last"]:
-            if kind == "year":
-                end = start.replace(year=start.year + 1)
-            else:
-                end = (start.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
+        start = {
+            "year": first.replace(month=1, day=1),
+            "month": first.replace(day=1),
+            "day": first,
+        }[kind]
+        while start <= last:
+            end = next_period(start, kind)
             if self.filter(**{f"{field_name}__gte": start, f"{field_name}__lt": end}).exists():
                 periods.append(start)
             start = end

@@ -47,10 +47,14 @@ class EstimatedCountPaginator(Paginator):
     Counting 1,000,000 rows, or the 250,000 of a filter, scans them all on every page view; the
     admin only needs the count to draw page links, where an estimate is good enough. So, on
     PostgreSQL: the whole table is estimated from its statistics once it is big; a filtered or
-    searched result is counted up to EXACT_COUNT_BELOW + 1 rows (``COUNT(*)`` over a ``LIMIT``
-    subquery, which stops there) and shown exactly below that, and above it estimated by the
-    planner. ``count_is_exact`` says which, for the templates (admin/tasks/task/). An
-    estimated result is paged only as far as its first EXACT_COUNT_BELOW rows (``num_pages``).
+    searched result is first estimated by the planner (EXPLAIN, nothing read), and one the
+    planner thinks big is shown as that estimate without a count: counting even up to the bound
+    reads 10,000 matching rows, slower the more rows the filter's index must skip. A result the
+    planner thinks small is counted up to EXACT_COUNT_BELOW + 1 rows (``COUNT(*)`` over a
+    ``LIMIT`` subquery, which stops there) and shown exactly below that — statistics can be
+    stale, a count cannot — and as "at least the bound" above it. ``count_is_exact`` says
+    which, for the templates (admin/tasks/task/). An estimated result is paged only as far as
+    its first EXACT_COUNT_BELOW rows (``num_pages``).
     """
 
     exact_count_below = EXACT_COUNT_BELOW
@@ -66,13 +70,14 @@ class EstimatedCountPaginator(Paginator):
             if estimate is None or estimate < self.exact_count_below:
                 return super().count
         else:
-            bounded = queryset.order_by().values("pk")[: self.exact_count_below + 1].count()
-            if bounded <= self.exact_count_below:
-                return bounded
             estimate = estimated_result_count(queryset)
-            if estimate is None:  # not PostgreSQL
-                return super().count
-            estimate = max(estimate, bounded)
+            if estimate is None or estimate < self.exact_count_below:
+                bounded = queryset.order_by().values("pk")[: self.exact_count_below + 1].count()
+                if bounded <= self.exact_count_below:
+                    return bounded
+                if estimate is None:  # not PostgreSQL
+                    return super().count
+                estimate = bounded  # the planner thought it small: at least the bound
         self.estimated = True
         return estimate
 

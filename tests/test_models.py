@@ -3,8 +3,9 @@ import importlib
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models
+from django.db import IntegrityError, connection, models
 from django.db.migrations.operations import CreateModel
+from django.test.utils import CaptureQueriesContext
 
 from tasks.models import Category, Task
 from tasks.services import task_create, task_update
@@ -129,6 +130,34 @@ def test_dates_by_index_probes_match_djangos_distinct_query(kind, order):
     # then
     assert ours == djangos
     assert len(ours) == {"year": 3, "month": 4}[kind]
+
+
+@pytest.mark.parametrize("order", ["ASC", "DESC"])
+def test_the_days_of_one_month_are_probed_not_read_with_distinct(order):
+    # given: tasks on three days of March, two on the same day, and one in April
+    for due in ["2026-03-01", "2026-03-15", "2026-03-15", "2026-03-31", "2026-04-01"]:
+        task_create(title=f"due {due}", due_date=datetime.date.fromisoformat(due))
+    march = Task.objects.filter(due_date__year=2026, due_date__month=3)
+
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        ours = list(march.dates("due_date", "day", order))
+
+    # then: Django's answer, without a DISTINCT over the month's rows
+    assert ours == list(models.QuerySet.dates(march, "due_date", "day", order))
+    assert len(ours) == 3
+    assert not any("DISTINCT" in q["sql"].upper() for q in queries.captured_queries)
+
+
+def test_days_over_a_span_longer_than_a_month_are_read_with_distinct():
+    for due in ["2026-01-01", "2026-03-15"]:
+        task_create(title=f"due {due}", due_date=datetime.date.fromisoformat(due))
+
+    with CaptureQueriesContext(connection) as queries:
+        days = list(Task.objects.dates("due_date", "day"))
+
+    assert days == [datetime.date(2026, 1, 1), datetime.date(2026, 3, 15)]
+    assert sum("DISTINCT" in q["sql"].upper() for q in queries.captured_queries) == 1
 
 
 def test_dates_of_an_empty_selection_is_empty():
