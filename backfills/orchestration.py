@@ -26,6 +26,7 @@ from backfills.engine import (
     Pending,
     find_pending,
     key_before,
+    refresh_statistics,
     run_backfill,
 )
 from backfills.health import DatabaseHealth
@@ -428,6 +429,9 @@ def finish_in_migration(definition: BackfillDefinition, *, apps, using: str) -> 
         walk = definition.walk(model)
         first = find_pending(walk, using=using).first
         if first is None:
+            # The command filled it; migrate runs as the table's owner, who may ANALYZE it
+            # where the backfill's own role may not (docs/zero-downtime.md, roles).
+            refresh_statistics(walk, BatchPolicy(), using=using)
             return BackfillResult(stopped="finished")
     if current is not None and lease_is_live(current):
         raise refuse_busy(current)

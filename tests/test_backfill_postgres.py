@@ -506,3 +506,44 @@ def test_a_backfill_holds_no_lock_between_its_transactions(expand_step):
     # stopped between batches holds up nobody, and a transaction pooler can run it
     assert held == []
     assert not Task.objects.filter(priority__isnull=True).exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_finished_backfill_tells_the_planner_what_the_column_now_holds(expand_step, workers):
+    # given: legacy rows whose statistics were taken while every priority was NULL
+    seed_legacy(3_000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_task")
+
+    # when
+    call_command("backfill", "tasks.task.priority", workers=workers, stdout=StringIO())
+
+    # then: the planner knows the column is filled, and expects a filter by it to find rows
+    # (not the one row it expects of a column it believes NULL, planned as a full read)
+    assert null_share_of_priority() == 0.0
+    plan = Task.objects.filter(priority="low").explain()
+    assert int(plan.split("rows=")[1].split()[0]) > 100
+
+
+def test_the_data_migration_after_the_command_refreshes_the_statistics(expand_step):
+    # given: every row filled, by a backfill whose role may not ANALYZE (not the table's owner)
+    seed_legacy(3_000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_task")
+        cursor.execute("UPDATE tasks_task SET priority = 'low'")
+    assert null_share_of_priority() == 1.0
+
+    # when: migrate, as the owner, runs the data migration (nothing left to fill)
+    call_command("migrate", "tasks", "0003_priority_backfill", verbosity=0)
+
+    # then
+    assert null_share_of_priority() == 0.0
+
+
+def null_share_of_priority() -> float:
+    """The share of NULL in tasks_task.priority, as the planner's statistics have it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT null_frac FROM pg_stats WHERE tablename = 'tasks_task' AND attname = 'priority'"
+        )
+        return cursor.fetchone()[0]
