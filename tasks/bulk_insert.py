@@ -21,7 +21,7 @@ def copy_text(value: Any) -> str:
         return "t" if value else "f"
     if isinstance(value, int | float):
         return str(value)
-    if isinstance(value, datetime.date | datetime.datetime):
+    if isinstance(value, datetime.date):  # a datetime is a date too
         return value.isoformat()
     return str(value).translate(_COPY_ESCAPES)
 
