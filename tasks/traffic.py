@@ -14,7 +14,7 @@ import random
 from django.utils import timezone
 
 from migration_safety.rollouts import Query
-from tasks.priority import PRIORITY_RANK, Priority, PriorityRule
+from tasks.priority import Priority, PriorityRule
 from tasks.workspace import DEFAULT_WORKSPACE_SLUG, WorkspaceRule
 
 PAGE_SIZE = 100  # the admin's list_per_page
@@ -28,9 +28,10 @@ BASE_COLUMNS = (
     "created_at",
     "updated_at",
 )
-RANK = "CASE t.priority {} ELSE 0 END".format(
-    " ".join(f"WHEN '{value}' THEN {rank}" for value, rank in PRIORITY_RANK.items())
-)
+# The page of a priority's tasks soonest due first is served by this index (migration 0005);
+# before it exists, the page sorts every task of the priority (a few million rows at 10M),
+# and reads that long keep the contract from its lock.
+DUE_DATE_INDEX = "tasks_task_priority_due_idx"
 
 
 class TasksApplication:
@@ -44,6 +45,7 @@ class TasksApplication:
         self.category_ids: list[int] = []
         self.workspace_of: dict[int, int] | None = None
         self.workspaces: WorkspaceRule | None = None
+        self.due_date_index_ready = False
 
     # -- what the requests need -----------------------------------------------------------
 
@@ -66,6 +68,18 @@ class TasksApplication:
             self.workspace_of = dict(rows)
             self.workspaces = WorkspaceRule(default[0][0])
         return self.workspaces
+
+    def due_date_page_ready(self, query: Query) -> bool:
+        """Whether the index that serves the due-date page exists and is valid: the code
+        offers that page only then (a feature that ships with its index, not before it)."""
+        if not self.due_date_index_ready:
+            rows = query(
+                "new read",
+                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+                [DUE_DATE_INDEX],
+            )
+            self.due_date_index_ready = bool(rows and rows[0][0])
+        return self.due_date_index_ready
 
     def values_of(self, columns: tuple[str, ...], task: dict, query: Query) -> list | None:
         """The values the code writes for ``columns`` of ``task``, from the rules' twins."""
@@ -132,7 +146,8 @@ class TasksApplication:
 
     def read(self, rng: random.Random, query: Query, *, new_code: bool) -> None:
         """One list page: by status, newest first, as the old code reads it; by the new column
-        (or sorted by rank within a priority), once the new code is out."""
+        once the new code is out (and a priority's tasks soonest due first, once its index is
+        there)."""
         columns = ", ".join(f"t.{name}" for name in ("id", *self.old_columns, "assignee_id"))
         select = (
             f"SELECT {columns}, c.name, u.username FROM tasks_task t "
@@ -141,25 +156,24 @@ class TasksApplication:
         )
         limit = f" LIMIT {PAGE_SIZE}"
         if new_code and rng.random() < 0.5:
+            kind = "new list page"
             select = select.replace(" FROM", f", t.{self.db_column} FROM", 1)
             if self.column == "priority":
                 value, choice = rng.choice(Priority.values), rng.random()
-                if choice < 0.6:
-                    sql, params = f"{select}WHERE t.priority = %s ORDER BY t.id DESC", [value]
-                elif choice < 0.8:
+                if choice < 0.2:
                     sql, params = f"{select}ORDER BY t.id DESC", []
+                elif choice < 0.4 and self.due_date_page_ready(query):
+                    kind = "new due-date page"
+                    order = "t.due_date ASC NULLS LAST, t.id DESC"
+                    sql, params = f"{select}WHERE t.priority = %s ORDER BY {order}", [value]
                 else:
-                    sql = (
-                        f"{select}WHERE t.priority = %s "
-                        f"ORDER BY {RANK} DESC, t.due_date ASC NULLS LAST, t.id DESC"
-                    )
-                    params = [value]
+                    sql, params = f"{select}WHERE t.priority = %s ORDER BY t.id DESC", [value]
             else:
                 if self.workspace_rule(query) is None or not self.workspace_of:
                     return
                 workspace = rng.choice(sorted(set(self.workspace_of.values())))
                 sql, params = f"{select}WHERE t.workspace_id = %s ORDER BY t.id DESC", [workspace]
-            query("new list page", sql + limit, params)
+            query(kind, sql + limit, params)
             return
         status = rng.choice(STATUSES)
         query("old list page", f"{select}WHERE t.status = %s ORDER BY t.id DESC{limit}", [status])

@@ -92,6 +92,18 @@ def category(db) -> Category:
 
 
 @pytest.fixture
+def migrator(transactional_db):
+    """Migrate tasks to a step; always leaves the database fully migrated afterwards."""
+    from django.core.management import call_command
+
+    def migrate(step: str) -> None:
+        call_command("migrate", "tasks", step, verbosity=0)
+
+    yield migrate
+    call_command("migrate", "tasks", verbosity=0)
+
+
+@pytest.fixture
 def expand_step(transactional_db):
     """The database between the priority rollout's expand and contract steps: priority exists
     and may be NULL (tasks at 0002_priority_expand; the Task model of that step is

@@ -42,17 +42,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture
-def migrator(transactional_db):
-    """Migrate tasks to a step; always leaves the database fully migrated afterwards."""
-
-    def migrate(step: str) -> None:
-        call_command("migrate", "tasks", step, verbosity=0)
-
-    yield migrate
-    call_command("migrate", "tasks", verbosity=0)
-
-
 def priority_default() -> str | None:
     """The database default of tasks_task.priority, as a plain string (None if there is none)."""
     with connection.cursor() as cursor:

@@ -137,6 +137,10 @@ def test_the_rollout_under_traffic_fails_no_query_and_ends_contracted_and_indexe
     assert steps["expand"]["migration_lock_timeouts"] >= 1
     assert steps["expand"]["longest_lock_wait_ms"] > 0
     assert steps["backfill"]["rows_backfilled"] >= 20_000
+    # The page the index serves waits for it: sent by no step before the index, then by the code.
+    for name in ("baseline", "expand", "backfill", "data migration", "contract"):
+        assert "new due-date page" not in steps[name]["slowest_ms_by_kind"], name
+    assert "new due-date page" in steps["after"]["slowest_ms_by_kind"]
     assert report["end_state"] == {
         "null_rows": 0,
         "not_null": True,
