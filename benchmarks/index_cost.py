@@ -1,18 +1,18 @@
 """What each index the rollouts added costs every write to tasks_task: WAL bytes and time per row.
 
-    python benchmarks/index_cost.py [--tasks 1000000] [--writes 5000] [--rounds 3]
+    python benchmarks/index_cost.py [--tasks 1000000 10000000] [--writes 5000] [--rounds 3]
 
-On a scratch database of the server of BENCH_SERVER_URL: every migration applied, --tasks rows
-seeded. The added indexes are those on tasks_task that tasks at 0001_initial did not have
-(read from the catalogue at both states). With all of them dropped, then with each alone, then
-with all of them again, two workloads as the application writes: --writes single-row INSERTs
-naming every column, and --writes single-row UPDATEs of a random task's status and updated_at
-(an edit in the admin); each in one transaction, sent pipelined (psycopg's executemany: the
-server's cost, not round trips), rolled back, the table vacuumed after; the same rows for every
-configuration. Reports the median of
---rounds per row (after one unmeasured run: no full-page images of a first change after a
-checkpoint), microseconds and WAL bytes (``pg_current_wal_insert_lsn`` before and after), and
-what each index adds to the table without it. Writes docs/benchmarks.md.
+For each size of --tasks, on a scratch database of the server of BENCH_SERVER_URL: every
+migration applied, that many rows seeded. The added indexes are those on tasks_task that tasks
+at 0001_initial did not have (read from the catalogue at both states). With all of them
+dropped, then with each alone, then with all of them again, two workloads as the application
+writes: --writes single-row INSERTs naming every column, and --writes single-row UPDATEs of a
+random task's status and updated_at (an edit in the admin); each in one transaction, sent
+pipelined (psycopg's executemany: the server's cost, not round trips), rolled back, the table
+vacuumed after; the same rows for every configuration. Reports the median of --rounds per row
+(after one unmeasured run: no full-page images of a first change after a checkpoint),
+microseconds and WAL bytes (``pg_current_wal_insert_lsn`` before and after), and what each
+index adds to the table without it, at each size. Writes docs/benchmarks.md.
 """
 
 import argparse
@@ -91,18 +91,13 @@ def measure(conn: psycopg.Connection, args, samples: dict) -> dict[str, tuple[fl
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--writes", type=int, default=5_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    rng = random.Random(1)
-
+def measure_size(tasks: int, args, rng: random.Random) -> tuple[dict, dict, dict]:
+    """(every, alone, bare) figures on a table of ``tasks`` seeded rows: with all the added
+    indexes, with each alone (by name), with none of them."""
     with scratch_database("taskproj_bench_index_cost") as url:
         added = added_indexes(url)
         run(
-            manage("seed", f"--tasks={args.tasks}", "--seed=1", "--no-progress"),
+            manage("seed", f"--tasks={tasks}", "--seed=1", "--no-progress"),
             env_extra={"DATABASE_URL": url},
         )
         with psycopg.connect(url, autocommit=True) as conn:
@@ -138,7 +133,10 @@ def main() -> None:
                 alone[name] = measure(conn, args, samples)
                 conn.execute(f'DROP INDEX "{name}"')
             bare = measure(conn, args, samples)
+    return every, alone, bare
 
+
+def table(tasks: int, every: dict, alone: dict, bare: dict) -> list[str]:
     def cells(figures: dict) -> str:
         return " | ".join(
             f"{figures[kind][0]:.1f} µs, {figures[kind][1]:,.0f} B" for kind in ("insert", "update")
@@ -152,13 +150,7 @@ def main() -> None:
         )
 
     lines = [
-        "## What each added index costs a write (PostgreSQL)",
-        "",
-        f"Command: `python benchmarks/index_cost.py --tasks {args.tasks} --writes {args.writes} "
-        f"--rounds {args.rounds}` ({datetime.now(UTC):%Y-%m-%d}, 2 cores). tasks_task with "
-        f"{args.tasks:,} seeded rows; per row, the median of {args.rounds} runs of "
-        f"{args.writes:,} pipelined single-row statements in one transaction: an INSERT naming "
-        "every column, an UPDATE of one random task's status and updated_at.",
+        f"**{tasks:,} tasks**",
         "",
         "| indexes on tasks_task besides those of 0001 | INSERT: time, WAL per row | "
         "UPDATE: time, WAL per row | INSERT: added | UPDATE: added |",
@@ -167,8 +159,30 @@ def main() -> None:
     ]
     for name, figures in alone.items():
         lines.append(f"| only `{name}` | {cells(figures)} | {added_cost(figures)} |")
-    lines.append(f"| all {len(added)} (the schema today) | {cells(every)} | {added_cost(every)} |")
-    report = "\n".join(lines)
+    lines.append(f"| all {len(alone)} (the schema today) | {cells(every)} | {added_cost(every)} |")
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--writes", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    sizes = " ".join(str(tasks) for tasks in args.tasks)
+    lines = [
+        "## What each added index costs a write (PostgreSQL)",
+        "",
+        f"Command: `python benchmarks/index_cost.py --tasks {sizes} --writes {args.writes} "
+        f"--rounds {args.rounds}` ({datetime.now(UTC):%Y-%m-%d}, 2 cores). tasks_task with "
+        f"that many seeded rows; per row, the median of {args.rounds} runs of "
+        f"{args.writes:,} pipelined single-row statements in one transaction: an INSERT naming "
+        "every column, an UPDATE of one random task's status and updated_at.",
+        "",
+    ]
+    for tasks in args.tasks:
+        lines += table(tasks, *measure_size(tasks, args, random.Random(1)))
+    report = "\n".join(lines).rstrip()
     write_section("index-cost", report)
     sys.stdout.write(report + "\n")
 
