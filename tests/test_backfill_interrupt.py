@@ -13,7 +13,7 @@ import sys
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from backfills.models import BackfillRun
 from backfills.orchestration import interrupt as interrupt_run
@@ -251,3 +251,40 @@ def test_an_interrupted_run_is_running_again_once_a_command_carries_it_on(expand
     run = run_row()
     assert f"Resuming run #{run.pk}" in out
     assert (run.status, run.rows_done, run.status_label) == ("running", 200, "running")
+
+
+class CtrlCWhileAQueryIsOnTheWire(StringIO):
+    """The command's output, at -v2: after its first batch, a query is sent on the command's
+    connection without waiting for it, and Ctrl-C lands — as when SIGINT arrives between
+    psycopg sending a query and reading its result. What the command runs as it unwinds meets
+    that connection mid-query ("another command is already in progress")."""
+
+    def write(self, text: str) -> int:
+        if "batch of" in text:
+            from django.db import connection
+
+            connection.connection.pgconn.send_query(b"SELECT pg_sleep(0.2)")
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+@pytest.mark.postgres
+def test_ctrl_c_while_a_query_is_on_the_wire_is_still_a_clean_interruption(expand_step):
+    # given: a run with batches to do
+    seed_legacy(300)
+
+    # when: Ctrl-C lands after the first batch, with a query left on the connection
+    with pytest.raises(CommandError) as stopped:
+        call_command(
+            "backfill_priority", batch_size=100, verbosity=2, stdout=CtrlCWhileAQueryIsOnTheWire()
+        )
+
+    # then: exit code 130 and the Ctrl-C message, not a database error; the run is recorded
+    # as interrupted (its lease given up) where it stopped, for the printed command to resume
+    assert stopped.value.returncode == 130, stopped.value
+    assert "stopped" in str(stopped.value) and "Resume: manage.py backfill_priority" in str(
+        stopped.value
+    )
+    run = run_row()
+    assert (run.status, run.rows_done, run.lease_owner) == ("interrupted", 100, "")
+    assert run.events.filter(kind="interrupted").exists()

@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from backfills.controls import RunStateError
 from backfills.display import describe_parameters, format_seconds
@@ -318,6 +318,12 @@ class Command(CheckedCommand):
             carries_on = "" if isinstance(exc, RunCancelled) else " That process carries on."
             raise CommandError(f"Stopped: {exc}.{carries_on}") from exc
         except DatabaseError as exc:
+            if during_ctrl_c(exc):
+                # Ctrl-C landed while a query was on the wire, and what ran as the command
+                # unwound (giving the lease up) met that connection mid-query. Still a Ctrl-C:
+                # record it on a fresh connection.
+                connections[using].close()
+                raise self.interrupted(started, definition, options, using=using) from None
             raise CommandError(
                 f"Backfill stopped by a database error: {exc}. Every committed batch is "
                 "checkpointed; once the database is reachable, run the command again to resume."
@@ -574,6 +580,17 @@ class Command(CheckedCommand):
             self.stdout.write(f"{definition.name:<28} {column:<28} {pending:>14}  {open_run}")
             if definition.description:
                 self.stdout.write(f"{'':2}{definition.description}")
+
+
+def during_ctrl_c(error: BaseException) -> bool:
+    """Whether ``error`` was raised while a KeyboardInterrupt was being handled."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False
 
 
 class Interrupted(CommandError):
