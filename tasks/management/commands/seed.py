@@ -36,10 +36,14 @@ class Command(CheckedCommand):
             help="Reference date (YYYY-MM-DD) due dates and priorities are drawn around and the "
             "tasks are created on; default: today, printed at the end.",
         )
+        # Between two batches the server finishes the COPY and commits while the seeder waits,
+        # then waits for the seeder's first lines: the fewer batches, the less of that
+        # (docs/benchmarks.md, seeding). Rows are streamed either way: memory does not grow
+        # with the batch on PostgreSQL.
         parser.add_argument(
             "--batch-size",
-            default="5000",
-            help="Tasks written per transaction (default: 5000).",
+            default="50000",
+            help="Tasks written per transaction (default: 50000).",
         )
         for field, (flag, _, _) in ROLLED_OUT.items():
             parser.add_argument(
