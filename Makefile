@@ -23,7 +23,7 @@ VENV_DJANGO6 := .venv-dj6
 PY_DJANGO6 := $(VENV_DJANGO6)/bin/python
 STAMP_DJANGO6 := $(VENV_DJANGO6)/.installed
 
-.PHONY: install demo test test-sqlite test-postgres test-django6 test-django6-postgres lint bench-seed bench-backfill bench-locks bench-rehearsal bench-adaptive bench-index-cost clean
+.PHONY: install demo test test-sqlite test-postgres test-django6 test-django6-postgres lint bench-seed bench-backfill bench-backfill-statements bench-locks bench-rehearsal bench-adaptive bench-index-cost clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -124,6 +124,9 @@ bench-seed: $(STAMP)
 
 bench-backfill: $(STAMP)
 	$(PY) benchmarks/backfill.py
+
+bench-backfill-statements: $(STAMP)
+	$(PY) benchmarks/backfill_statements.py
 
 bench-locks: $(STAMP)
 	$(PY) benchmarks/locks.py
