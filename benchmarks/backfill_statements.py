@@ -1,15 +1,15 @@
 """Where a backfill's time goes: each kind of statement `manage.py backfill NAME` sends, per batch.
 
-    python benchmarks/backfill_statements.py [--tasks 1000000] [--only tasks.task.priority]
+    python benchmarks/backfill_statements.py [--tasks 1000000 10000000] [--only NAME]
 
-Seeds that many legacy rows (the column NULL, at its expand step) into a template database, as
-benchmarks/backfill.py does, and on a copy of it runs the command once, with 1 worker and
---sleep 0, in a child process that times every statement on its connection (Django's
-``execute_wrapper``: from the call to the result, round trip included) and one round trip of
-``SELECT 1`` on the same connection afterwards (the median of 200). Reports, per kind of
-statement, how many were sent, their time and its share of the whole process (whose start-up
-and exit are the whole process's seconds less the run's). What the bare keyset loop of
-benchmarks/backfill.py sends is the batch UPDATE and its commit; the rest is what the command
+For each size, seeds that many legacy rows (the column NULL, at its expand step) into a
+template database, as benchmarks/backfill.py does, and on a copy of it runs the command once,
+with 1 worker and --sleep 0, in a child process that times every statement on its connection
+(Django's ``execute_wrapper``: from the call to the result, round trip included) and one round
+trip of ``SELECT 1`` on the same connection afterwards (the median of 200). Reports, per kind
+of statement, how many were sent, their time and its share of the whole process (whose
+start-up and exit are the whole process's seconds less the run's). What the bare keyset loop
+of benchmarks/backfill.py sends is the batch UPDATE and its commit; the rest is what the command
 adds. Writes docs/benchmarks.md.
 """
 
@@ -103,53 +103,68 @@ def measure(name: str, tasks: int) -> dict:
     return {**json.loads(out.strip().splitlines()[-1]), "whole": seconds}
 
 
-def report(name: str, tasks: int, result: dict) -> str:
+def cells(result: dict) -> dict[str, str]:
+    """Each row's cells at one size: sent, seconds, ms per batch, share of the whole process."""
     figures, whole = result["figures"], result["whole"]
     batches = figures["batch UPDATE"][0]
-    timed = sum(seconds for _, seconds in figures.values())
-    rows = []
-    for kind, _, purpose in KINDS:
-        count, seconds = figures[kind]
-        rows.append(
-            f"| {kind}: {purpose} | {count:,} | {seconds:.2f} | {seconds / batches * 1000:.2f} "
-            f"| {seconds / whole:.1%} |"
-        )
-    outside = result["inside"] - timed
-    startup = whole - result["inside"]
-    rows += [
-        f"| between statements in the run: Python, each BEGIN's wait, each COMMIT | — | "
-        f"{outside:.2f} | {outside / batches * 1000:.2f} | {outside / whole:.1%} |",
-        f"| start-up and exit of the process (Django, imports) | — | {startup:.2f} | "
-        f"{startup / batches * 1000:.2f} | {startup / whole:.1%} |",
-        f"| **whole process** | | **{whole:.2f}** | **{whole / batches * 1000:.2f}** | 100% |",
+
+    def cell(sent: str, seconds: float) -> str:
+        return f"{sent} | {seconds:.2f} | {seconds / batches * 1000:.2f} | {seconds / whole:.1%}"
+
+    row = {kind: cell(f"{count:,}", seconds) for kind, (count, seconds) in figures.items()}
+    row["between"] = cell("—", result["inside"] - sum(s for _, s in figures.values()))
+    row["start-up"] = cell("—", whole - result["inside"])
+    row["whole"] = (
+        f"{batches:,} batches | **{whole:.2f}** | **{whole / batches * 1000:.2f}** | 100%"
+    )
+    return row
+
+
+def report(name: str, sizes: list[int], results: list[dict]) -> str:
+    labels = [(kind, f"{kind}: {purpose}") for kind, _, purpose in KINDS] + [
+        ("between", "between statements in the run: Python, each BEGIN's wait, each COMMIT"),
+        ("start-up", "start-up and exit of the process (Django, imports)"),
+        ("whole", "**whole process**"),
     ]
+    columns = [cells(result) for result in results]
+    heads = " | ".join(
+        f"{size:,}: sent | seconds | ms per batch | share of the process" for size in sizes
+    )
+    trips = ", ".join(
+        f"{result['round_trip'] * 1000:.2f} ms at {size:,}"
+        for size, result in zip(sizes, results, strict=True)
+    )
     return "\n".join(
         [
             "## Backfill: where the time goes (PostgreSQL)",
             "",
-            f"Command: `python benchmarks/backfill_statements.py --tasks {tasks} --only {name}` "
-            f"({datetime.now(UTC):%Y-%m-%d}, 2 cores). `manage.py backfill {name} --sleep 0`, 1 "
-            f"worker, on {tasks:,} legacy rows: {batches:,} batches. Each statement timed from "
-            "the call to its result on the command's connection; one round trip there "
-            f"(`SELECT 1`, median of 200): {result['round_trip'] * 1000:.2f} ms.",
+            f"Command: `python benchmarks/backfill_statements.py --tasks "
+            f"{' '.join(map(str, sizes))} --only {name}` ({datetime.now(UTC):%Y-%m-%d}, 2 "
+            f"cores). `manage.py backfill {name} --sleep 0`, 1 worker, on that many legacy "
+            "rows. Each statement timed from the call to its result on the command's "
+            f"connection; one round trip there (`SELECT 1`, median of 200): {trips}.",
             "",
-            "| statement | sent | seconds | ms per batch | share of the whole process |",
-            "|---|---:|---:|---:|---:|",
-            *rows,
+            f"| statement | {heads} |",
+            "|---|" + "---:|---:|---:|---:|" * len(sizes),
+            *(
+                f"| {label} | {' | '.join(column[kind] for column in columns)} |"
+                for kind, label in labels
+            ),
         ]
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--only", choices=list(BACKFILLS), default="tasks.task.priority")
     parser.add_argument("--measure", metavar="NAME", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         child(args.measure)
         return
-    text = report(args.only, args.tasks, measure(args.only, args.tasks))
+    results = [measure(args.only, tasks) for tasks in args.tasks]
+    text = report(args.only, args.tasks, results)
     write_section("backfill-statements", text)
     sys.stdout.write(text + "\n")
 
