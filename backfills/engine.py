@@ -512,29 +512,57 @@ def bound_idle_time(using: str) -> None:
         )
 
 
-def _configure_batch(policy: BatchPolicy, using: str) -> None:
-    """Bound this transaction's lock waits, statement time and idle time (PostgreSQL only).
+def _open_batch(
+    backfill: Backfill, policy: BatchPolicy, *, after: Any, batch_size: int, using: str
+) -> Any:
+    """Open a batch's transaction: bound it and read the batch's upper key, in one statement.
 
-    Also turns off synchronous_commit for the batch: the batch and its checkpoint commit
-    together, so a crash can only lose both at once and the run resumes before them; the
-    saving is one WAL flush wait per batch.
+    The upper key is the ``batch_size``-th key after ``after`` (or the last one, up to
+    ``backfill.upto``; None when there is none): keyset, never OFFSET over the whole table.
+    Walking every key, not only pending ones, keeps each UPDATE bounded by the batch size even
+    where pending rows are sparse (a catch-up), and reads only the key's index. It is read from
+    the table itself, the key column by name: what the UPDATE then walks.
+
+    On PostgreSQL the same statement bounds the transaction's lock waits, statement time and
+    idle time, and turns synchronous_commit off for it: the batch and its checkpoint commit
+    together, so a crash can only lose both at once and the run resumes before them; the saving
+    is one WAL flush wait per batch. Each setting is local to the transaction
+    (``set_config(..., is_local => true)`` is SET LOCAL): nothing outlives it on a pooled
+    connection. One statement rather than two: a round trip and a query less per batch.
     """
     connection = connections[using]
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        # set_config(..., is_local => true) is SET LOCAL: it ends with the transaction.
-        cursor.execute(
-            "SELECT set_config('lock_timeout', %s, true), "
+    quote = connection.ops.quote_name
+    meta = backfill.model._meta
+    field = meta.pk if backfill.key == "pk" else meta.get_field(backfill.key)
+    key = quote(field.column)
+    bounds = [(f"{key} > %s", after), (f"{key} <= %s", backfill.upto)]
+    where = [
+        (condition, field.get_db_prep_value(value, connection))
+        for condition, value in bounds
+        if value is not None
+    ]
+    condition = f"WHERE {' AND '.join(c for c, _ in where)} " if where else ""
+    upper = (
+        f"(SELECT MAX({key}) FROM (SELECT {key} FROM {quote(meta.db_table)} {condition}"
+        f"ORDER BY {key} LIMIT %s) AS batch)"
+    )
+    settings: list[str] = []
+    if connection.vendor == "postgresql":
+        settings = [
+            f"{policy.lock_timeout_ms}ms",
+            f"{policy.statement_timeout_ms}ms",
+            f"{IDLE_IN_BATCH_TIMEOUT_MS}ms",
+        ]
+        upper = (
+            "set_config('lock_timeout', %s, true), "
             "set_config('statement_timeout', %s, true), "
             "set_config('idle_in_transaction_session_timeout', %s, true), "
-            "set_config('synchronous_commit', 'off', true)",
-            [
-                f"{policy.lock_timeout_ms}ms",
-                f"{policy.statement_timeout_ms}ms",
-                f"{IDLE_IN_BATCH_TIMEOUT_MS}ms",
-            ],
+            f"set_config('synchronous_commit', 'off', true), {upper}"
         )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {upper}", [*settings, *(v for _, v in where), batch_size])
+        upper = cursor.fetchone()[-1]
+    return None if upper is None else field.to_python(upper)
 
 
 def _run_batch(
@@ -552,26 +580,15 @@ def _run_batch(
     locks just before it committed, and the seconds it held them (UPDATE to commit).
     """
     with transaction.atomic(using=using):
-        _configure_batch(policy, using)
-        keys = backfill.model._default_manager.using(using)
-        if checkpoint.last_key is not None:
-            keys = keys.filter(**{f"{backfill.key}__gt": checkpoint.last_key})
-        if backfill.upto is not None:
-            keys = keys.filter(**{f"{backfill.key}__lte": backfill.upto})
-        # Keyset: the batch ends at the batch_size-th key after the checkpoint. Walking every
-        # key, not only pending ones, keeps each statement bounded by the batch size even when
-        # pending rows are sparse (a catch-up), and reads only the primary key's index.
-        upper = (
-            keys.order_by(backfill.key)
-            .values(backfill.key)[:batch_size]
-            .aggregate(upper=Max(backfill.key))["upper"]
-        )
+        after = checkpoint.last_key
+        upper = _open_batch(backfill, policy, after=after, batch_size=batch_size, using=using)
         if upper is None:
             return None
         locked_at = time.perf_counter()
-        rows = keys.filter(backfill.pending, **{f"{backfill.key}__lte": upper}).update(
-            **{backfill.field: backfill.value}
-        )
+        bounds = {f"{backfill.key}__lte": upper}
+        if after is not None:
+            bounds[f"{backfill.key}__gt"] = after
+        rows = backfill.queryset(using).filter(**bounds).update(**{backfill.field: backfill.value})
         # The row locks are held until commit: this is when others can be waiting on them.
         waiters = health.waiting_on_batch(using=using) if health is not None else 0
         checkpoint.record_batch(last_key=upper, rows=rows, batch_size=batch_size)

@@ -240,6 +240,25 @@ def section(backfill: str, sizes: list[dict], args) -> list[str]:
             batches(size, "1 worker", "command 1"),
             batches(size, f"{workers} workers", "command N"),
         ]
+
+    def alone(index: int, label: str, name: str) -> str:
+        """The run alone (opening it to its summary) against the bare loop: the process's
+        start-up, its checks before the run and its exit cost the same at every size, and
+        only a larger table amortises them."""
+        inside = statistics.median(measured[4] for measured in sizes[index]["runs"][name])
+        outside = median[index][name] - inside
+        versus = median[index][LOOP[name]] / inside
+        return f"{label} **{versus:.2f}×** ({outside:.1f} s outside the run)"
+
+    lines.append(
+        "- The run alone (from opening it to its summary) ÷ the bare loop: "
+        + "; ".join(
+            f"{size['tasks']:,} rows: {alone(index, '1 worker', 'command 1')}, "
+            f"{alone(index, f'{workers} workers', 'command N')}"
+            for index, size in enumerate(sizes)
+        )
+        + "."
+    )
     if len(sizes) > 1:
         ratios = ", ".join(
             f"{label} {peak(large, name) / 1024:.0f} MiB against {peak(small, name) / 1024:.0f} "

@@ -31,11 +31,10 @@ from benchmarks.common import drop_database, run, write_section  # noqa: E402
 # Each kind: how to recognise its SQL, and what it is for. First match wins.
 KINDS = [
     ("batch UPDATE", r"^UPDATE \"{table}\"", "the batch itself (the bare loop's statement)"),
-    ("upper key", r"^SELECT MAX\(.* LIMIT \d+", "the batch's last key: its keyset"),
     (
-        "batch settings",
-        r"set_config\('lock_timeout'.*idle_in_transaction",
-        "the batch's lock, statement and idle timeouts (its BEGIN goes with it)",
+        "batch opening",
+        r"set_config\('lock_timeout'.*idle_in_transaction.*LIMIT",
+        "the batch's timeouts and its last key (its keyset), one statement; its BEGIN goes with it",
     ),
     ("waiters check", r"FROM pg_locks", "sessions waiting on the batch's row locks, pre-commit"),
     (
