@@ -21,6 +21,7 @@ from backfills.engine import Backfill, BatchPolicy, BatchSizer, run_backfill
 from backfills.ledger import RunCheckpoint, open_run
 from backfills.models import BackfillRun
 from backfills.orchestration import fill, finish_in_migration
+from tasks.models import Category
 from tasks.priority import PriorityRule
 from tests.conftest import IS_POSTGRES
 from tests.helpers import (
@@ -341,6 +342,42 @@ def test_engine_is_generic_over_model_field_value_and_filter(expand_step):
     }
     assert not Task.objects.exclude(status="done").filter(description="archived").exists()
     assert nulls() == 9  # the priority backfill is untouched
+
+
+@pytest.mark.django_db
+def test_a_backfill_keyed_on_a_text_column_walks_its_keys_in_order():
+    # given: categories whose slugs sort otherwise than their ids
+    for slug in ["m", "b", "z", "a", "q", "c", "x"]:
+        Category.objects.create(name=slug.upper(), slug=slug)
+    Category.objects.filter(slug="c").update(description="kept")
+    job = Backfill(
+        model=Category,
+        field="description",
+        value="described",
+        pending=Q(description=""),
+        key="slug",
+    )
+    run, _ = open_run(BackfillRun, name="tests.category.slug", using="default", parameters=dict)
+    batches = []
+
+    # when
+    result = run_backfill(
+        job,
+        BatchPolicy(batch_size=2),
+        RunCheckpoint(run, using="default"),
+        using="default",
+        on_batch=lambda batch: batches.append((batch.last_key, batch.rows)),
+    )
+
+    # then: batches of two slugs in the slugs' order, each ending at its last slug
+    assert result.finished and result.rows == 6
+    assert batches == [("b", 2), ("m", 1), ("x", 2), ("z", 1)]
+    assert dict(Category.objects.values_list("slug", "description")) == {
+        **{slug: "described" for slug in "abmqxz"},
+        "c": "kept",
+    }
+    run.refresh_from_db()
+    assert run.last_key == "z"
 
 
 @pytest.mark.parametrize(
