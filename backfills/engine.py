@@ -60,6 +60,10 @@ class Backfill:
         """The rows that still need the value."""
         return self.model._default_manager.using(using).filter(self.pending)
 
+    def key_field(self) -> models.Field:
+        """The field the walk goes by: ``key``, or the primary key for "pk"."""
+        return key_field(self.model, self.key)
+
     def within(self, after: Any, upto: Any) -> "Backfill":
         """The same backfill restricted to keys in (``after``, ``upto``]; None: unbounded."""
         bounds = Q()
@@ -72,6 +76,11 @@ class Backfill:
         if self.upto is not None:
             upto = self.upto if upto is None else min(upto, self.upto)
         return replace(self, pending=self.pending & bounds, after=after, upto=upto)
+
+
+def key_field(model: type[models.Model], key: str) -> models.Field:
+    """``model``'s field ``key`` ("pk": its primary key)."""
+    return model._meta.pk if key == "pk" else model._meta.get_field(key)
 
 
 @dataclass(frozen=True)
@@ -532,8 +541,7 @@ def _open_batch(
     """
     connection = connections[using]
     quote = connection.ops.quote_name
-    meta = backfill.model._meta
-    field = meta.pk if backfill.key == "pk" else meta.get_field(backfill.key)
+    field = backfill.key_field()
     key = quote(field.column)
     bounds = [(f"{key} > %s", after), (f"{key} <= %s", backfill.upto)]
     where = [
@@ -542,10 +550,10 @@ def _open_batch(
         if value is not None
     ]
     condition = f"WHERE {' AND '.join(c for c, _ in where)} " if where else ""
-    upper = (
-        f"(SELECT MAX({key}) FROM (SELECT {key} FROM {quote(meta.db_table)} {condition}"
-        f"ORDER BY {key} LIMIT %s) AS batch)"
-    )
+    columns = [
+        f"(SELECT MAX({key}) FROM (SELECT {key} FROM {quote(backfill.model._meta.db_table)} "
+        f"{condition}ORDER BY {key} LIMIT %s) AS batch)"
+    ]
     settings: list[str] = []
     if connection.vendor == "postgresql":
         settings = [
@@ -553,14 +561,16 @@ def _open_batch(
             f"{policy.statement_timeout_ms}ms",
             f"{IDLE_IN_BATCH_TIMEOUT_MS}ms",
         ]
-        upper = (
-            "set_config('lock_timeout', %s, true), "
-            "set_config('statement_timeout', %s, true), "
-            "set_config('idle_in_transaction_session_timeout', %s, true), "
-            f"set_config('synchronous_commit', 'off', true), {upper}"
-        )
+        columns[:0] = [
+            "set_config('lock_timeout', %s, true)",
+            "set_config('statement_timeout', %s, true)",
+            "set_config('idle_in_transaction_session_timeout', %s, true)",
+            "set_config('synchronous_commit', 'off', true)",
+        ]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {upper}", [*settings, *(v for _, v in where), batch_size])
+        cursor.execute(
+            f"SELECT {', '.join(columns)}", [*settings, *(v for _, v in where), batch_size]
+        )
         upper = cursor.fetchone()[-1]
     return None if upper is None else field.to_python(upper)
 

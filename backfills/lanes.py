@@ -24,6 +24,7 @@ from backfills.engine import (
     Checkpoint,
     HealthCheck,
     first_pending,
+    key_field,
     run_backfill,
 )
 
@@ -56,7 +57,7 @@ def check_workers(
 
 def integer_key(model: type[models.Model], key: str) -> models.Field:
     """``model``'s field ``key`` ("pk": its primary key); ValueError unless it is an integer."""
-    field = model._meta.pk if key == "pk" else model._meta.get_field(key)
+    field = key_field(model, key)
     if not isinstance(field, models.IntegerField):
         raise ValueError(
             f"parallel lanes need an integer key; {model.__name__}.{field.name} "
