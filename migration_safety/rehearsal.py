@@ -38,6 +38,13 @@ APP = "migration-rehearsal-app"
 ROLLOUT_APP = "migration-rehearsal-rollout"
 BLOCKER_APP = "migration-rehearsal-blocker"
 WRITE_KINDS = frozenset({"old insert", "old update", "new insert", "new update"})
+# A step's "0 failed queries" says something only if the application ran while it did: a step
+# that ends in milliseconds (loaddata of two small fixtures) would otherwise report on no query
+# at all. The step's window stays open after its command until the traffic has sent this many
+# queries into it (the step's seconds are still its command's), or for at most
+# STEP_TRAFFIC_WAIT_SECONDS (the report then shows how few there were).
+MIN_STEP_QUERIES = 10
+STEP_TRAFFIC_WAIT_SECONDS = 5.0
 # Phases of traffic alone, before the first step and after the last, for comparison.
 BASELINE, AFTER = "baseline", "after"
 
@@ -209,6 +216,15 @@ class Traffic:
         self.stop.set()
         for thread in self.threads:
             thread.join()
+
+    def wait_for_queries(self, step: StepReport, count: int, timeout: float) -> None:
+        """Wait until ``count`` queries are recorded into ``step``, or ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(step.latencies) >= count:
+                    return
+            time.sleep(0.01)
 
     def record(self, kind: str, seconds: float, error: Exception | None = None) -> None:
         with self.lock:
@@ -540,6 +556,7 @@ def run_step(
         step_report.seconds = time.monotonic() - started
         migrate_log.removeHandler(timeouts)
         connections[using].close()  # each step is its own process in real life
+    traffic.wait_for_queries(step_report, MIN_STEP_QUERIES, STEP_TRAFFIC_WAIT_SECONDS)
     step_report.lock_timeouts = timeouts.count
     if rollout.progress:
         step_report.rows_backfilled = rollout.progress(using) - before

@@ -153,8 +153,12 @@ def test_a_stopped_worker_is_taken_over_and_writes_nothing_when_it_wakes(expand_
         second = manage(*WORKER, "--interval=0.2", env=worker_env)
 
         # then: the second takes the run over once the stopped worker's lease has expired, and
-        # finishes it
-        wait_until(lambda: run_row().status == "succeeded", timeout=90, what="the takeover")
+        # finishes it (succeeded, then its lease given up)
+        wait_until(
+            lambda: (row := run_row()).status == "succeeded" and row.lease_expires_at is None,
+            timeout=90,
+            what="the takeover",
+        )
         assert is_stopped(first.pid)
         finished = BackfillRun.objects.filter(pk=run.pk).values().get()
 
