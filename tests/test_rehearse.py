@@ -2,13 +2,21 @@
 
 import dataclasses
 import json
+import threading
+import time
 from collections import Counter
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from migration_safety.rehearsal import EndState, RehearsalReport, StepReport
+from migration_safety.rehearsal import (
+    MIN_STEP_QUERIES,
+    EndState,
+    RehearsalReport,
+    StepReport,
+    Traffic,
+)
 from migration_safety.rollouts import Step, get_rollout, register, unregister
 from tests.conftest import IS_POSTGRES
 
@@ -220,3 +228,39 @@ def test_a_rollout_that_breaks_running_code_is_reported_and_exits_non_zero(serve
     assert any('column "priority"' in error["error"] for error in after["errors"])
     assert "after: " in str(failure.value) and "application queries failed" in str(failure.value)
     assert not report["ok"]
+
+
+def test_a_step_that_ends_at_once_is_watched_until_the_application_ran_into_it():
+    # given: traffic sending a query every 20 ms into a step whose command has just returned
+    traffic = Traffic(None, using="default", rate=150, clients=1, seed=1)
+    step = StepReport(name="reference data", command="loaddata workspaces categories")
+    traffic.current = step
+    stop = threading.Event()
+
+    def application() -> None:
+        while not stop.wait(0.02):
+            traffic.record("old insert", 0.001)
+
+    thread = threading.Thread(target=application)
+    thread.start()
+    try:
+        # when
+        traffic.wait_for_queries(step, MIN_STEP_QUERIES, timeout=5)
+    finally:
+        stop.set()
+        thread.join()
+
+    # then: the step reports on that many queries, not on none
+    assert len(step.latencies) >= MIN_STEP_QUERIES
+
+
+def test_a_step_without_traffic_is_not_watched_past_the_timeout():
+    traffic = Traffic(None, using="default", rate=150, clients=1, seed=1)
+    step = StepReport(name="contract", command="migrate tasks")
+    traffic.current = step
+
+    started = time.monotonic()
+    traffic.wait_for_queries(step, MIN_STEP_QUERIES, timeout=0.2)
+
+    assert 0.2 <= time.monotonic() - started < 2
+    assert step.latencies == []
